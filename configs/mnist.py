@@ -1,0 +1,53 @@
+"""Meta-trains the LSTM optimizer on the paper's MNIST MLP (Sec. 3.2).
+
+    python -m train.meta_train --config=configs/mnist.py --workdir=/tmp/l2l/mnist
+
+The optimizee is the 784-20-10 sigmoid MLP on minibatches of 128 from the
+embedded MNIST subset's training split; the network is the paper's 2x20
+coordinatewise LSTM with log/sign preprocessing (p = 10) and output scale
+0.1; truncated BPTT over 100-step runs in unrolls of 20, phi stepped by Adam.
+"""
+
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.problem = "mnist"
+    config.problem_kwargs = ml_collections.ConfigDict(dict(
+        dataset="mnist_embedded",
+        hidden_sizes=(20,),
+        activation="sigmoid",
+        batch_size=128,
+    ))
+    config.network = ml_collections.ConfigDict(dict(
+        hidden_sizes=(20, 20),
+        preprocess="log_sign",
+        preprocess_p=10.0,
+        output_scale=0.1,  # The paper's value for MNIST.
+    ))
+    config.meta = ml_collections.ConfigDict(dict(
+        num_iterations=4000,
+        run_length=100,        # Steps an optimizee is trained for.
+        unroll_length=20,      # Steps per truncated unroll (one Adam step).
+        learning_rate=3e-3,    # Adam on phi; decays exponentially ...
+        final_learning_rate=3e-4,  # ... to this at the last iteration.
+        clip_norm=None,
+        init_seed=0,
+        init_weights="",       # Shipped name or export path to start from.
+    ))
+    config.checkpoint_every = 100
+    config.eval_every = 100
+    config.log_every = 50
+    config.validation = ml_collections.ConfigDict(dict(
+        num_seeds=5,           # Fixed seeds on the validation split.
+        horizon=100,
+    ))
+    config.evaluation = ml_collections.ConfigDict(dict(
+        horizons=(100,),
+        num_seeds=10,
+        num_tuning_seeds=5,
+        baselines=("sgd", "nag", "rmsprop", "adam"),
+    ))
+    return config

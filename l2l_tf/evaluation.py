@@ -1,0 +1,248 @@
+"""Evaluating update rules: fresh optimizees, tuned baselines, tables.
+
+The protocol (used for every reported figure):
+
+- each optimizer trains fresh optimizees drawn with the *reported* seeds
+  (MNIST: on the test split), recording the reported loss at every step;
+- each hand-designed baseline runs at its best learning rate on the grid
+  10^(k/2), 1e-4 .. 10, chosen separately for every reported horizon by the
+  mean loss at that horizon over *tuning* seeds that differ from the
+  reported ones (a diverged run counts as +inf);
+- the learned optimizer runs as meta-trained (learning rate multiplier 1).
+
+Seeds of different purposes never overlap: meta-training draws its runs
+from `TRAIN_SEED_BASE`, validation from `VALIDATION_SEED_BASE`, tuning from
+`TUNING_SEED_BASE`, reported runs from `TEST_SEED_BASE`.
+"""
+
+import json
+import math
+import os
+import tempfile
+from typing import Dict, Iterable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from l2l_tf import networks, problems, saved_model, unroll
+from l2l_tf.problems import base
+
+TRAIN_SEED_BASE = 0
+VALIDATION_SEED_BASE = 1_000_000
+TUNING_SEED_BASE = 2_000_000
+TEST_SEED_BASE = 3_000_000
+
+
+def lr_grid(lo: float = 1e-4, hi: float = 10.0) -> list:
+    """The learning rates 10^(k/2) with lo <= lr <= hi."""
+    k_lo = math.ceil(2 * math.log10(lo) - 1e-9)
+    k_hi = math.floor(2 * math.log10(hi) + 1e-9)
+    return [float(10 ** (k / 2)) for k in range(k_lo, k_hi + 1)]
+
+
+def seeds(base_seed: int, count: int) -> list:
+    return [base_seed + i for i in range(count)]
+
+
+def run_curves(run_fn, phi, seed_list: Iterable[int]) -> np.ndarray:
+    """Losses [num_seeds, num_steps + 1] of `run_fn` over `seed_list`."""
+    return np.stack([
+        run_fn(phi, base.seed_pair(s)).numpy() for s in seed_list])
+
+
+def summarize(curves: np.ndarray) -> dict:
+    """Mean and standard error over seeds, at every step."""
+    curves = np.where(np.isfinite(curves), curves, np.inf)
+    n = curves.shape[0]
+    mean = curves.mean(axis=0)
+    with np.errstate(invalid="ignore"):
+        stderr = curves.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else (
+            np.zeros_like(mean))
+    return {"mean": mean, "stderr": np.nan_to_num(stderr, nan=np.inf)}
+
+
+def tune(rule: networks.UpdateRule, problem: base.Problem,
+         horizons: Sequence[int], learning_rates: Sequence[float],
+         tuning_seeds: Sequence[int]) -> Dict[int, float]:
+    """The best learning rate of `rule` for each horizon (see module doc)."""
+    run_fn = unroll.make_run_fn(rule, problem, max(horizons))
+    scores = {}
+    for lr in learning_rates:
+        curves = run_curves(run_fn, {"learning_rate": tf.constant(lr)},
+                            tuning_seeds)
+        curves = np.where(np.isfinite(curves), curves, np.inf)
+        scores[lr] = curves.mean(axis=0)
+    return {h: min(learning_rates, key=lambda lr, h=h: scores[lr][h])
+            for h in horizons}
+
+
+def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
+             learned: Dict[str, tuple], *, horizons: Sequence[int],
+             num_seeds: int = 10, num_tuning_seeds: int = 5,
+             baselines: Sequence[str] = networks.BASELINES,
+             learning_rates: Optional[Sequence[float]] = None) -> dict:
+    """Runs the evaluation protocol of the module doc.
+
+    Args:
+      problem: the problem the baselines are tuned on (its tuning seeds).
+      test_problem: the problem reported on (MNIST: the test split); None
+        means `problem`.
+      learned: name -> (rule, phi) of the learned optimizers to report.
+      horizons: steps at which results are reported (and baselines tuned).
+      num_seeds: reported seeds; num_tuning_seeds: tuning seeds.
+      baselines: names of hand-designed rules to compare with.
+      learning_rates: the tuning grid (default: `lr_grid()`).
+
+    Returns:
+      A JSON-ready dict: per optimizer and horizon, the learning rate, the
+      mean loss at every step and its standard error, and the final figures.
+    """
+    test_problem = test_problem or problem
+    horizons = sorted(int(h) for h in horizons)
+    learning_rates = list(learning_rates or lr_grid())
+    num_steps = max(horizons)
+    report_seeds = seeds(TEST_SEED_BASE, num_seeds)
+    tuning_seeds = seeds(TUNING_SEED_BASE, num_tuning_seeds)
+    results = {"horizons": horizons, "num_seeds": num_seeds,
+               "num_tuning_seeds": num_tuning_seeds,
+               "learning_rate_grid": learning_rates, "optimizers": {}}
+
+    def record(name, curves, per_horizon_lr):
+        stats = summarize(curves)
+        entry = {"curves": curves.tolist(), "per_horizon": {}}
+        for h in horizons:
+            entry["per_horizon"][str(h)] = {
+                "learning_rate": per_horizon_lr[h],
+                "final_mean": float(stats["mean"][h]),
+                "final_stderr": float(stats["stderr"][h]),
+            }
+        entry["mean"] = stats["mean"].tolist()
+        entry["stderr"] = stats["stderr"].tolist()
+        results["optimizers"][name] = entry
+
+    for name, (rule, phi) in learned.items():
+        logging.info("Evaluating %s on %d seeds.", name, num_seeds)
+        phi_t = {k: tf.constant(v) for k, v in phi.items()}
+        curves = run_curves(unroll.make_run_fn(rule, test_problem, num_steps),
+                            phi_t, report_seeds)
+        record(name, curves, {h: 1.0 for h in horizons})
+
+    for name in baselines:
+        rule = networks.get(name)
+        logging.info("Tuning %s over %d learning rates.", name,
+                     len(learning_rates))
+        best = tune(rule, problem, horizons, learning_rates, tuning_seeds)
+        run_fn = unroll.make_run_fn(rule, test_problem, num_steps)
+        per_lr = {}
+        for lr in sorted(set(best.values())):
+            per_lr[lr] = run_curves(
+                run_fn, {"learning_rate": tf.constant(lr)}, report_seeds)
+        # One reported curve per horizon's learning rate; "mean"/"stderr"
+        # hold the curve of the longest horizon's choice.
+        stats = {}
+        for h in horizons:
+            stats[h] = summarize(per_lr[best[h]])
+        entry = {"per_horizon": {}, "curves_by_lr": {
+            repr(lr): c.tolist() for lr, c in per_lr.items()}}
+        for h in horizons:
+            entry["per_horizon"][str(h)] = {
+                "learning_rate": best[h],
+                "final_mean": float(stats[h]["mean"][h]),
+                "final_stderr": float(stats[h]["stderr"][h]),
+                "mean": stats[h]["mean"].tolist(),
+                "stderr": stats[h]["stderr"].tolist(),
+            }
+        entry["mean"] = stats[num_steps]["mean"].tolist()
+        entry["stderr"] = stats[num_steps]["stderr"].tolist()
+        results["optimizers"][name] = entry
+
+    results["comparisons"] = compare(results)
+    return results
+
+
+def compare(results: dict) -> dict:
+    """For each learned optimizer, horizon and baseline: does it beat it?
+
+    "Beat" means a lower mean by more than the standard error of the
+    difference, sqrt(se_learned^2 + se_baseline^2).
+    """
+    opts = results["optimizers"]
+    learned = [n for n in opts if n not in networks.RULES]
+    baselines = [n for n in opts if n in networks.RULES]
+    out = {}
+    for name in learned:
+        for h in results["horizons"]:
+            a = opts[name]["per_horizon"][str(h)]
+            for b_name in baselines:
+                b = opts[b_name]["per_horizon"][str(h)]
+                se = math.sqrt(a["final_stderr"] ** 2 + b["final_stderr"] ** 2)
+                out[f"{name}/{b_name}/{h}"] = {
+                    "margin": b["final_mean"] - a["final_mean"],
+                    "stderr": se,
+                    "beats": bool(b["final_mean"] - a["final_mean"] > se),
+                    "ratio": (a["final_mean"] / b["final_mean"]
+                              if b["final_mean"] > 0 else float("nan")),
+                }
+    return out
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table: final mean +- stderr per optimizer and horizon."""
+    horizons = results["horizons"]
+    lines = []
+    head = f"{'optimizer':<12}" + "".join(
+        f"{'step ' + str(h):>28}" for h in horizons)
+    lines += [head, "-" * len(head)]
+    for name, entry in results["optimizers"].items():
+        row = f"{name:<12}"
+        for h in horizons:
+            e = entry["per_horizon"][str(h)]
+            cell = f"{e['final_mean']:.4f} +- {e['final_stderr']:.4f}"
+            if name in networks.RULES:
+                cell += f" (lr {e['learning_rate']:.3g})"
+            else:
+                cell += " " * 12
+            row += f"{cell:>28}"
+        lines.append(row)
+    verdicts = []
+    for key, c in results.get("comparisons", {}).items():
+        name, b_name, h = key.split("/")
+        verdicts.append(
+            f"{name} vs {b_name} at step {h}: "
+            f"{'beats' if c['beats'] else 'does not beat'} "
+            f"(ratio {c['ratio']:.3f}, margin {c['margin']:+.4f}, "
+            f"stderr {c['stderr']:.4f})")
+    return "\n".join(lines + [""] + verdicts)
+
+
+def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
+                    = None) -> dict:
+    """Evaluates exported weights on the problem of `config` (test split).
+
+    Args:
+      config: an experiment config (configs/*.py); its `evaluation` fields set
+        horizons, seeds and baselines.
+      weights: display name -> shipped name or SavedModel path.
+      workdir: where `evaluation.json` is written (atomically); None: nowhere.
+    """
+    e = config.evaluation
+    learned = {}
+    for name, spec in weights.items():
+        rule, phi, _ = saved_model.load(spec)
+        learned[name] = (rule, phi)
+    test_problem = problems.from_config(config, "test")
+    results = evaluate(test_problem, None, learned, horizons=e.horizons,
+                       num_seeds=e.num_seeds,
+                       num_tuning_seeds=e.num_tuning_seeds,
+                       baselines=e.baselines)
+    results["problem"] = config.problem
+    results["split"] = "test"
+    results["weights"] = {k: str(v) for k, v in weights.items()}
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".evaluation.json.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(results, f)
+        os.replace(tmp, os.path.join(workdir, "evaluation.json"))
+    return results

@@ -1,0 +1,270 @@
+"""Meta-training: truncated back-propagation through unrolled optimization.
+
+As in Andrychowicz et al. 2016 (Sec. 2): an optimizee drawn from the problem
+family is trained for `run_length` steps by the LSTM; the run is cut into
+unrolls of `unroll_length` steps that carry the optimizee's parameters and
+the LSTM state over. For each unroll the meta-loss is
+
+    L(phi) = (1 / T) sum_{t=1..T} f(theta_t),   T = unroll_length,
+
+differentiated with respect to phi through the whole unroll by one
+tf.GradientTape, treating the optimizee's gradients as inputs (no second
+derivatives). phi takes one Adam step per unroll (one "iteration"); every
+`run_length / unroll_length` iterations a new optimizee is drawn.
+
+Everything that decides the result is derived from the config and the
+iteration counter (optimizee seeds, batches, the meta learning rate), and
+checkpoints are taken only where a run starts, so a resumed run continues
+exactly as if it had never stopped.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from l2l_tf import evaluation, networks, problems, saved_model, unroll
+
+
+def validate_config(config):
+    """Raises ValueError naming the field for every invalid value."""
+    m = config.meta
+    positive_ints = {
+        "meta.num_iterations": m.num_iterations,
+        "meta.run_length": m.run_length,
+        "meta.unroll_length": m.unroll_length,
+        "checkpoint_every": config.checkpoint_every,
+        "eval_every": config.eval_every,
+        "log_every": config.log_every,
+        "validation.num_seeds": config.validation.num_seeds,
+    }
+    for field, value in positive_ints.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"`{field}` must be a positive integer. "
+                             f"Received: {field}={value!r}")
+    if m.unroll_length > m.run_length:
+        raise ValueError(
+            "`meta.unroll_length` must not exceed `meta.run_length`. "
+            f"Received: meta.unroll_length={m.unroll_length}, "
+            f"meta.run_length={m.run_length}")
+    if m.run_length % m.unroll_length:
+        raise ValueError(
+            "`meta.run_length` must be a multiple of `meta.unroll_length`. "
+            f"Received: meta.run_length={m.run_length}, "
+            f"meta.unroll_length={m.unroll_length}")
+    per_run = m.run_length // m.unroll_length
+    for field in ("checkpoint_every", "eval_every"):
+        if config[field] % per_run:
+            raise ValueError(
+                f"`{field}` must be a multiple of the unrolls per run "
+                f"(meta.run_length / meta.unroll_length = {per_run}), so that "
+                f"it falls where a run starts. Received: {field}="
+                f"{config[field]}")
+    for field in ("learning_rate", "final_learning_rate"):
+        value = m[field]
+        if not (isinstance(value, (int, float)) and value > 0
+                and math.isfinite(value)):
+            raise ValueError(f"`meta.{field}` must be a positive number. "
+                             f"Received: meta.{field}={value!r}")
+    if m.clip_norm is not None and not m.clip_norm > 0:
+        raise ValueError("`meta.clip_norm` must be positive or None. "
+                         f"Received: meta.clip_norm={m.clip_norm!r}")
+    if config.problem not in problems.PROBLEMS:
+        raise ValueError(f"`problem` must be one of {list(problems.PROBLEMS)}"
+                         f". Received: problem={config.problem!r}")
+
+
+@dataclasses.dataclass
+class Result:
+    iterations: int
+    best_validation: float
+    export_dir: Optional[str]
+    export_last_dir: str
+    seconds: float
+
+
+class MetaTrainer:
+    """Meta-trains a CoordinatewiseLSTM on `config` (see configs/)."""
+
+    def __init__(self, config, workdir: str):
+        validate_config(config)
+        self.config = config
+        self.workdir = os.path.abspath(workdir)
+        self.rule = networks.CoordinatewiseLSTM(**dict(config.network))
+        self.problem = problems.from_config(config, "train")
+        self.val_problem = problems.from_config(config, "validation")
+        m = config.meta
+        self.unroll_length = m.unroll_length
+        self.unrolls_per_run = m.run_length // m.unroll_length
+
+        if m.init_weights:
+            init_rule, init_phi, _ = saved_model.load(m.init_weights)
+            if init_rule.get_config() != self.rule.get_config():
+                raise ValueError(
+                    "`meta.init_weights` holds a network of another shape: "
+                    f"{init_rule.get_config()}, while config.network asks for "
+                    f"{self.rule.get_config()}.")
+        else:
+            init_phi = self.rule.init_phi(m.init_seed)
+        self.names = list(self.rule.phi_shapes())
+        self.phi = {n: tf.Variable(init_phi[n], name=n.replace("/", "_"))
+                    for n in self.names}
+        self.num_phi = sum(int(np.prod(v.shape)) for v in self.phi.values())
+        self.meta_opt = networks.Adam(learning_rate=m.learning_rate)
+        self.meta_state = [tf.Variable(tf.zeros(s), trainable=False)
+                           for s in self.meta_opt.state_shapes(self.num_phi)]
+        self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_validation = tf.Variable(np.inf, dtype=tf.float64,
+                                           trainable=False)
+        self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(
+            phi=self.phi, meta_state=self.meta_state,
+            iteration=self.iteration, best_validation=self.best_validation,
+            skipped_steps=self.skipped_steps)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(self.workdir, "checkpoints"),
+            max_to_keep=3)
+        self._meta_step = tf.function(self._meta_step_impl)
+        self._val_run = unroll.make_run_fn(self.rule, self.val_problem,
+                                           config.validation.horizon)
+
+    # -- the compiled meta-iteration ---------------------------------------
+
+    def _meta_step_impl(self, params, state, task, step0, learning_rate):
+        with tf.GradientTape() as tape:
+            total, params, state = unroll.unroll(
+                self.rule, self.phi, self.problem, params, state, task, step0,
+                self.unroll_length)
+            meta_loss = total / self.unroll_length
+        grads = tape.gradient(meta_loss, [self.phi[n] for n in self.names])
+        flat = unroll.flatten(grads)
+        norm = tf.norm(flat)
+        ok = tf.math.is_finite(meta_loss) & tf.math.is_finite(norm)
+        clip = self.config.meta.clip_norm
+        if clip:
+            flat = flat * tf.minimum(1.0, clip / tf.maximum(norm, 1e-12))
+
+        def apply():
+            updates, new_state = self.meta_opt.step(
+                {"learning_rate": learning_rate}, flat, tuple(self.meta_state))
+            for v, u in zip([self.phi[n] for n in self.names],
+                            unroll.unflatten(updates, grads)):
+                v.assign_add(u)
+            for v, s in zip(self.meta_state, new_state):
+                v.assign(s)
+            return tf.constant(True)
+
+        def skip():
+            self.skipped_steps.assign_add(1)
+            return tf.constant(False)
+
+        applied = tf.cond(ok, apply, skip)
+        params = [tf.stop_gradient(p) for p in params]
+        state = tuple(tf.stop_gradient(s) for s in state)
+        return meta_loss, params, state, norm, applied
+
+    # -- helpers -------------------------------------------------------------
+
+    def learning_rate(self, iteration: int) -> float:
+        """Exponential decay from meta.learning_rate to final_learning_rate."""
+        m = self.config.meta
+        frac = min(iteration / m.num_iterations, 1.0)
+        return m.learning_rate * (m.final_learning_rate / m.learning_rate) ** frac
+
+    def run_seed(self, run: int) -> tf.Tensor:
+        return problems.fold_in(
+            problems.seed_pair(self.config.seed + evaluation.TRAIN_SEED_BASE),
+            run)
+
+    def phi_numpy(self):
+        return {n: v.numpy() for n, v in self.phi.items()}
+
+    def validate(self) -> float:
+        """Mean reported loss at the validation horizon over fixed seeds."""
+        curves = evaluation.run_curves(
+            self._val_run, self.phi,
+            evaluation.seeds(evaluation.VALIDATION_SEED_BASE,
+                             self.config.validation.num_seeds))
+        finals = curves[:, -1]
+        return float(np.mean(finals)) if np.all(np.isfinite(finals)) else (
+            float("inf"))
+
+    def export(self, name: str, validation_loss: float) -> str:
+        return saved_model.export(
+            os.path.join(self.workdir, name), self.rule, self.phi_numpy(),
+            config=self.config.to_dict(),
+            extra={"iteration": int(self.iteration.numpy()),
+                   "validation_loss": validation_loss})
+
+    # -- the loop --------------------------------------------------------------
+
+    def train(self) -> Result:
+        config = self.config
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint)
+            logging.info("Resumed from %s at iteration %d.",
+                         self.manager.latest_checkpoint,
+                         int(self.iteration.numpy()))
+        start_it = int(self.iteration.numpy())
+        total = config.meta.num_iterations
+        start_time = time.time()
+        params = state = task = None
+        window = []
+        for it in range(start_it, total):
+            run, k = divmod(it, self.unrolls_per_run)
+            if k == 0:
+                params, task = self.problem.init(self.run_seed(run))
+                state = self.rule.init_state(self.problem.num_params)
+            elif params is None:  # Checkpoints are only taken where k == 0.
+                raise RuntimeError(f"Cannot resume at iteration {it}: it is "
+                                   "in the middle of an optimizee's run.")
+            meta_loss, params, state, norm, applied = self._meta_step(
+                params, state, task, tf.constant(k * self.unroll_length),
+                tf.constant(self.learning_rate(it), tf.float32))
+            self.iteration.assign(it + 1)
+            if not bool(applied):
+                logging.warning(
+                    "Iteration %d: non-finite meta-loss (%s) or meta-gradient "
+                    "norm (%s); meta-step skipped.", it + 1,
+                    float(meta_loss), float(norm))
+            else:
+                window.append(float(meta_loss))
+            done = it + 1
+            last = done == total
+            val = None
+            if done % config.eval_every == 0 or last:
+                val = self.validate()
+                if val < float(self.best_validation.numpy()):
+                    self.best_validation.assign(val)
+                    self.export("export", val)
+            if done % config.checkpoint_every == 0 or last:
+                self.manager.save(checkpoint_number=done)
+            if done % config.log_every == 0 or last or val is not None:
+                elapsed = time.time() - start_time
+                rate = (done - start_it) / max(elapsed, 1e-9)
+                eta = (total - done) / max(rate, 1e-9)
+                logging.info(
+                    "iter %d/%d  meta-loss %.4f  val %s  best val %.4f  "
+                    "%.1f it/s  ETA %s", done, total,
+                    float(np.mean(window)) if window else float("nan"),
+                    "-" if val is None else f"{val:.4f}",
+                    float(self.best_validation.numpy()), rate,
+                    time.strftime("%H:%M:%S", time.gmtime(eta)))
+                window = []
+        best = float(self.best_validation.numpy())
+        export_dir = os.path.join(self.workdir, "export")
+        if not os.path.isdir(export_dir):  # Only non-finite validations.
+            export_dir = None
+        last_dir = self.export("export_last", best)
+        return Result(iterations=total, best_validation=best,
+                      export_dir=export_dir, export_last_dir=last_dir,
+                      seconds=time.time() - start_time)

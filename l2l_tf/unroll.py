@@ -1,0 +1,96 @@
+"""Running an update rule on a problem: the loop shared by meta-training and
+evaluation.
+
+All parameters of an optimizee are flattened into one batch of coordinates,
+so the rule runs once a step however many tensors the optimizee has (the
+rule is coordinatewise, so this equals one call per tensor).
+"""
+
+from typing import List, Tuple
+
+import tensorflow as tf
+
+from l2l_tf import networks
+from l2l_tf.problems import base
+
+
+def flatten(tensors: List[tf.Tensor]) -> tf.Tensor:
+    return tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0)
+
+
+def unflatten(flat: tf.Tensor, like: List[tf.Tensor]) -> List[tf.Tensor]:
+    sizes = [t.shape.num_elements() for t in like]
+    parts = tf.split(flat, sizes)
+    return [tf.reshape(p, t.shape) for p, t in zip(parts, like)]
+
+
+def gradients(problem: base.Problem, params, task, batch):
+    """Returns (grads, reported loss) of `problem` at `params` on `batch`.
+
+    The gradients are treated as inputs of the optimizer (no second
+    derivatives, as in the paper): an enclosing tape does not differentiate
+    through them, while the reported loss stays differentiable with respect
+    to `params`.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        loss, reported = problem.loss(params, task, batch)
+    grads = tape.gradient(loss, params)
+    return [tf.stop_gradient(g) for g in grads], reported
+
+
+def opt_step(rule: networks.UpdateRule, phi, problem: base.Problem, params,
+             state, task, step) -> Tuple[list, tuple, tf.Tensor]:
+    """One optimizer step at `params`; returns (params, state, loss there)."""
+    grads, reported = gradients(problem, params, task,
+                                problem.batch(task, step))
+    updates, state = rule.step(phi, flatten(grads), state)
+    params = [p + u for p, u in zip(params, unflatten(updates, params))]
+    return params, state, reported
+
+
+def unroll(rule, phi, problem, params, state, task, step0, length: int):
+    """`length` steps from step `step0` (a Python loop: traced once).
+
+    Returns (sum over t = 1..length of the loss at theta_t on step t's batch,
+    params, state). theta_0's loss is left out: it does not depend on phi.
+    """
+    total = tf.constant(0.0)
+    for t in range(length):
+        params, state, reported = opt_step(rule, phi, problem, params, state,
+                                           task, step0 + t)
+        if t > 0:
+            total += reported
+    _, final = problem.loss(params, task, problem.batch(task, step0 + length))
+    return total + final, params, state
+
+
+def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
+                num_steps: int):
+    """A compiled `run(phi, seed) -> losses [num_steps + 1]`.
+
+    Trains a fresh optimizee drawn with `seed` for `num_steps` steps and
+    returns `problem.eval_loss` at theta_0 .. theta_num_steps. The loop is a
+    tf.while_loop, so long runs trace quickly; phi and seed are tensors, so
+    new learning rates or seeds never retrace.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def run(phi, seed):
+        params, task = problem.init(seed)
+        state = rule.init_state(sum(p.shape.num_elements() for p in params))
+        losses = tf.TensorArray(tf.float32, size=num_steps + 1)
+        losses = losses.write(0, problem.eval_loss(params, task))
+
+        def body(t, params, state, losses):
+            params, state, _ = opt_step(rule, phi, problem, params, state,
+                                        task, t)
+            losses = losses.write(t + 1, problem.eval_loss(params, task))
+            return t + 1, params, state, losses
+
+        _, params, state, losses = tf.while_loop(
+            lambda t, *_: t < num_steps, body,
+            (tf.constant(0), params, state, losses))
+        return losses.stack()
+
+    return run

@@ -1,0 +1,36 @@
+"""Evaluates learned weights against SGD, NAG, RMSprop and Adam, each tuned.
+
+    python -m train.evaluate --config=configs/mnist.py --weights=mnist --workdir=/tmp/l2l/eval
+
+--weights is a shipped name (see l2l_tf.pretrained_names()) or the path of a
+SavedModel written by train.meta_train. Prints a table and writes
+<workdir>/evaluation.json.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from l2l_tf import evaluation, saved_model
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py).",
+    lock_config=True)
+_WEIGHTS = flags.DEFINE_string(
+    "weights", None, "Shipped weights name or SavedModel path.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where evaluation.json is written.")
+flags.mark_flags_as_required(["config", "weights", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    saved_model.resolve_path(_WEIGHTS.value)  # Fail early on a bad name.
+    config = _CONFIG.value
+    results = evaluation.evaluate_config(
+        config, {"learned": _WEIGHTS.value}, _WORKDIR.value)
+    print(evaluation.format_table(results))
+
+
+if __name__ == "__main__":
+    app.run(main)

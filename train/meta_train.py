@@ -1,0 +1,47 @@
+"""Meta-trains a learned optimizer, exports it, and evaluates the export.
+
+    python -m train.meta_train --config=configs/mnist.py --workdir=/tmp/l2l/mnist
+
+Rerunning the same command resumes from the last checkpoint in --workdir.
+Override any config field with --config.FIELD=VALUE, for example
+--config.meta.num_iterations=100.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from l2l_tf import evaluation, meta
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Folder for checkpoints, exports and results.")
+_EVALUATE = flags.DEFINE_bool(
+    "evaluate", True, "Evaluate the best export against tuned baselines.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    trainer = meta.MetaTrainer(config, _WORKDIR.value)
+    result = trainer.train()
+    logging.info("Meta-training done in %.0f s; best validation loss %.4f; "
+                 "export: %s", result.seconds, result.best_validation,
+                 result.export_dir)
+    if _EVALUATE.value:
+        weights = result.export_dir or result.export_last_dir
+        results = evaluation.evaluate_config(
+            config, {"learned": weights}, _WORKDIR.value)
+        print(f"\nEvaluation of {weights} on the {config.problem} test split "
+              f"(mean over {config.evaluation.num_seeds} seeds):\n")
+        print(evaluation.format_table(results))
+        print(f"\nWritten: {os.path.join(_WORKDIR.value, 'evaluation.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
