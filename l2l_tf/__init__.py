@@ -8,4 +8,40 @@ of optimizees, used as a drop-in Keras optimizer::
     model.compile(optimizer=LearnedOptimizer(), loss=...)
 """
 
+import os as _os
+
 __version__ = "0.1.0"
+
+_REQUIRED_BACKEND = "tensorflow"
+_env_backend = _os.environ.get("KERAS_BACKEND")
+if _env_backend and _env_backend != _REQUIRED_BACKEND:
+    raise ImportError(
+        "l2l_tf runs on Keras's TensorFlow backend only. Received: "
+        f"KERAS_BACKEND={_env_backend!r}. Set KERAS_BACKEND=tensorflow "
+        "before importing keras or l2l_tf.")
+
+import keras as _keras  # pylint: disable=wrong-import-position
+
+if _keras.backend.backend() != _REQUIRED_BACKEND:
+    raise ImportError(
+        "l2l_tf runs on Keras's TensorFlow backend only. Received: Keras "
+        f"backend {_keras.backend.backend()!r} (from ~/.keras/keras.json or "
+        "KERAS_BACKEND). Set KERAS_BACKEND=tensorflow.")
+
+# pylint: disable=wrong-import-position
+from l2l_tf import networks, preprocess, problems
+from l2l_tf.networks import CoordinatewiseLSTM
+from l2l_tf.optimizer import LearnedOptimizer
+from l2l_tf.saved_model import export, load, pretrained_names
+
+__all__ = [
+    "CoordinatewiseLSTM",
+    "LearnedOptimizer",
+    "export",
+    "load",
+    "networks",
+    "preprocess",
+    "pretrained_names",
+    "problems",
+    "__version__",
+]

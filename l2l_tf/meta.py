@@ -204,8 +204,18 @@ class MetaTrainer:
 
     # -- the loop --------------------------------------------------------------
 
-    def train(self) -> Result:
+    def train(self, until: Optional[int] = None) -> Result:
+        """Meta-trains to `config.meta.num_iterations` (resuming if possible).
+
+        `until` stops early, after the checkpoint at that iteration (it must
+        be a multiple of `checkpoint_every`): a long run can be split into
+        pieces that each resume where the last one stopped.
+        """
         config = self.config
+        if until is not None and (until <= 0 or until % config.checkpoint_every):
+            raise ValueError("`until` must be a positive multiple of "
+                             f"`checkpoint_every` ({config.checkpoint_every})."
+                             f" Received: until={until!r}")
         os.makedirs(self.workdir, exist_ok=True)
         with open(os.path.join(self.workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2, default=str)
@@ -219,7 +229,8 @@ class MetaTrainer:
         start_time = time.time()
         params = state = task = None
         window = []
-        for it in range(start_it, total):
+        stop = total if until is None else min(until, total)
+        for it in range(start_it, stop):
             run, k = divmod(it, self.unrolls_per_run)
             if k == 0:
                 params, task = self.problem.init(self.run_seed(run))
@@ -261,6 +272,10 @@ class MetaTrainer:
                     time.strftime("%H:%M:%S", time.gmtime(eta)))
                 window = []
         best = float(self.best_validation.numpy())
+        if stop < total:
+            return Result(iterations=stop, best_validation=best,
+                          export_dir=None, export_last_dir="",
+                          seconds=time.time() - start_time)
         export_dir = os.path.join(self.workdir, "export")
         if not os.path.isdir(export_dir):  # Only non-finite validations.
             export_dir = None

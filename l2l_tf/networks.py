@@ -154,7 +154,8 @@ class CoordinatewiseLSTM(UpdateRule):
         return tuple(shapes)
 
     def step(self, phi: Phi, grads: tf.Tensor, state: State):
-        grads = tf.cast(grads, tf.float32)
+        # The network runs in phi's dtype (float32), whatever the gradient's.
+        grads = tf.cast(grads, phi["output/kernel"].dtype)
         x = self._pre.fn(grads, self.preprocess_p)
         new_state = []
         for l in range(len(self.hidden_sizes)):

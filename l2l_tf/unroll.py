@@ -55,7 +55,7 @@ def unroll(rule, phi, problem, params, state, task, step0, length: int):
     Returns (sum over t = 1..length of the loss at theta_t on step t's batch,
     params, state). theta_0's loss is left out: it does not depend on phi.
     """
-    total = tf.constant(0.0)
+    total = 0.0
     for t in range(length):
         params, state, reported = opt_step(rule, phi, problem, params, state,
                                            task, step0 + t)

@@ -1,0 +1,171 @@
+"""LearnedOptimizer: the meta-trained coordinatewise LSTM as a Keras optimizer."""
+
+import warnings
+from typing import Optional
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from l2l_tf import networks, saved_model
+
+
+@keras.saving.register_keras_serializable(package="l2l_tf")
+class LearnedOptimizer(keras.optimizers.Optimizer):
+    """A learned optimizer: the coordinatewise LSTM of Andrychowicz et al. 2016.
+
+    For every coordinate i of every trained variable, with gradient g_i,
+
+        x_i = (log|g_i| / p, sign g_i)  if |g_i| >= e^-p  else  (-1, e^p g_i)
+        (h_i, c_i) = LSTM(x_i, (h_i, c_i); phi)        (2 layers x 20 units)
+        theta_i += learning_rate * output_scale * (w_out . h_i + b_out)
+
+    phi (5,141 weights by default) is shared by all coordinates and was
+    meta-trained by `train.meta_train`; each coordinate keeps its own LSTM
+    state (80 floats, 320 bytes, a coordinate by default).
+
+    Args:
+      weights: the name of weights shipped with the package
+        (`l2l_tf.pretrained_names()`: "mnist", "quadratic") or the path of a
+        SavedModel exported by `train.meta_train`. Defaults to "mnist".
+      learning_rate: multiplies the learned update; 1.0 (the default) runs
+        exactly what was meta-trained. A float, a schedule or a callable, as
+        for any Keras optimizer.
+      network: the network's hyperparameters (`CoordinatewiseLSTM`'s
+        arguments). Optional: read from `weights`. Given, it must match them.
+        It lets `from_config` rebuild the optimizer when `weights` is gone (a
+        `.keras` file then supplies phi's values).
+      {{base_optimizer_keyword_args}}
+
+    phi is held in variables of the optimizer itself: model.fit never trains
+    them, they are saved with the model (`.keras`, tf.train.Checkpoint), so a
+    saved model reloads without the SavedModel being present.
+
+    References:
+      Andrychowicz et al., "Learning to learn by gradient descent by gradient
+      descent", NeurIPS 2016, arXiv:1606.04474.
+
+    Example:
+      >>> model.compile(optimizer=LearnedOptimizer(), loss="mse")
+    """
+
+    def __init__(
+        self,
+        weights: str = "mnist",
+        learning_rate=1.0,
+        network: Optional[dict] = None,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name="learned_optimizer",
+        **kwargs,
+    ):
+        rule, phi = self._resolve(weights, network)
+        super().__init__(
+            learning_rate=learning_rate,
+            name=name,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            **kwargs,
+        )
+        self.weights_spec = str(weights)
+        self.rule = rule
+        self._initial_phi = phi
+
+    @staticmethod
+    def _resolve(weights, network):
+        if network is not None:
+            try:
+                wanted = networks.CoordinatewiseLSTM(**dict(network))
+            except TypeError as e:
+                raise ValueError(f"`network` must hold CoordinatewiseLSTM's "
+                                 f"arguments. Received: network={network!r}"
+                                 ) from e
+        try:
+            rule, phi, _ = saved_model.load(weights)
+        except ValueError:
+            if network is None:
+                raise
+            # Rebuilt from a config whose weights are gone: phi's values must
+            # come from the saved model or checkpoint being restored.
+            warnings.warn(
+                f"LearnedOptimizer: weights {weights!r} not found; phi starts "
+                "at zero (no update) until restored from a .keras file or a "
+                "checkpoint.", stacklevel=3)
+            return wanted, {n: np.zeros(s, np.float32)
+                            for n, s in wanted.phi_shapes().items()}
+        if network is not None and rule.get_config() != wanted.get_config():
+            raise ValueError(
+                f"`weights` {weights!r} hold a network of shape "
+                f"{rule.get_config()}, but `network` asks for "
+                f"{wanted.get_config()}.")
+        return rule, phi
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._phi_names = list(self.rule.phi_shapes())
+        self._phi = [
+            self.add_variable(
+                shape=self._initial_phi[n].shape,
+                initializer=lambda shape, dtype, v=self._initial_phi[n]: (
+                    tf.constant(v, dtype)),
+                dtype="float32",
+                name="phi_" + n.replace("/", "_"))
+            for n in self._phi_names
+        ]
+        # Per-coordinate LSTM state, zeros, one set per variable: (h, c) of
+        # each layer, [size, units], float32 whatever the variable's dtype.
+        self._lstm_states = []
+        for var in var_list:
+            size = int(np.prod(var.shape))
+            base_name = getattr(var, "path", var.name).replace("/", "_")
+            self._lstm_states.append([
+                self.add_variable(shape=shape, initializer="zeros",
+                                  dtype="float32",
+                                  name=f"{base_name}_lstm_{k}")
+                for k, shape in enumerate(self.rule.state_shapes(size))
+            ])
+
+    def _phi_dict(self):
+        return {n: v.value for n, v in zip(self._phi_names, self._phi)}
+
+    def update_step(self, gradient, variable, learning_rate):
+        """theta += learning_rate * LSTM(gradient) (see the class doc)."""
+        states = self._lstm_states[self._get_variable_index(variable)]
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        grads = tf.reshape(tf.cast(gradient, tf.float32), [-1])
+        updates, new_states = self.rule.step(
+            self._phi_dict(), grads, tuple(s.value for s in states))
+        for s, new in zip(states, new_states):
+            self.assign(s, new)
+        lr = tf.cast(learning_rate, tf.float32)
+        self.assign_add(variable, tf.reshape(lr * updates, tf.shape(variable)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "weights": self.weights_spec,
+            "network": self.rule.get_config(),
+        })
+        return config
+
+
+LearnedOptimizer.__doc__ = LearnedOptimizer.__doc__.replace(
+    "{{base_optimizer_keyword_args}}",
+    keras.src.optimizers.optimizer.base_optimizer_keyword_args.strip())
