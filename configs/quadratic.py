@@ -19,7 +19,7 @@ def get_config():
         dim=10,
         num_functions=128,
     ))
-    config.meta.num_iterations = 10000
+    config.meta.num_iterations = 5000
     config.meta.learning_rate = 3e-3
     config.meta.final_learning_rate = 3e-4
     config.checkpoint_every = 500
