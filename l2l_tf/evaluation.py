@@ -108,9 +108,15 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
                "num_tuning_seeds": num_tuning_seeds,
                "learning_rate_grid": learning_rates, "optimizers": {}}
 
+    clash = set(learned) & set(baselines)
+    if clash:
+        raise ValueError(f"Learned optimizers need names other than the "
+                         f"baselines'. Received: {sorted(clash)}")
+
     def record(name, curves, per_horizon_lr):
         stats = summarize(curves)
-        entry = {"curves": curves.tolist(), "per_horizon": {}}
+        entry = {"kind": "learned", "curves": curves.tolist(),
+                 "per_horizon": {}}
         for h in horizons:
             entry["per_horizon"][str(h)] = {
                 "learning_rate": per_horizon_lr[h],
@@ -143,7 +149,7 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
         stats = {}
         for h in horizons:
             stats[h] = summarize(per_lr[best[h]])
-        entry = {"per_horizon": {}, "curves_by_lr": {
+        entry = {"kind": "baseline", "per_horizon": {}, "curves_by_lr": {
             repr(lr): c.tolist() for lr, c in per_lr.items()}}
         for h in horizons:
             entry["per_horizon"][str(h)] = {
@@ -168,8 +174,8 @@ def compare(results: dict) -> dict:
     difference, sqrt(se_learned^2 + se_baseline^2).
     """
     opts = results["optimizers"]
-    learned = [n for n in opts if n not in networks.RULES]
-    baselines = [n for n in opts if n in networks.RULES]
+    learned = [n for n, e in opts.items() if e.get("kind") == "learned"]
+    baselines = [n for n, e in opts.items() if e.get("kind") == "baseline"]
     out = {}
     for name in learned:
         for h in results["horizons"]:
@@ -199,7 +205,7 @@ def format_table(results: dict) -> str:
         for h in horizons:
             e = entry["per_horizon"][str(h)]
             cell = f"{e['final_mean']:.4f} +- {e['final_stderr']:.4f}"
-            if name in networks.RULES:
+            if entry.get("kind") == "baseline":
                 cell += f" (lr {e['learning_rate']:.3g})"
             else:
                 cell += " " * 12

@@ -21,6 +21,7 @@ exactly as if it had never stopped.
 import dataclasses
 import json
 import math
+import numbers
 import os
 import time
 from typing import Optional
@@ -68,7 +69,7 @@ def validate_config(config):
                 f"{config[field]}")
     for field in ("learning_rate", "final_learning_rate"):
         value = m[field]
-        if not (isinstance(value, (int, float)) and value > 0
+        if not (isinstance(value, numbers.Real) and value > 0
                 and math.isfinite(value)):
             raise ValueError(f"`meta.{field}` must be a positive number. "
                              f"Received: meta.{field}={value!r}")

@@ -21,6 +21,7 @@ exactly, so that a test can hold each against its Keras twin.
 
 import abc
 import math
+import numbers
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
@@ -102,7 +103,7 @@ class CoordinatewiseLSTM(UpdateRule):
         if not preprocess_p > 0:
             raise ValueError("`preprocess_p` must be positive. "
                              f"Received: preprocess_p={preprocess_p!r}")
-        if not (isinstance(output_scale, (int, float)) and output_scale > 0
+        if not (isinstance(output_scale, numbers.Real) and output_scale > 0
                 and math.isfinite(output_scale)):
             raise ValueError("`output_scale` must be a positive number. "
                              f"Received: output_scale={output_scale!r}")
@@ -181,7 +182,7 @@ class CoordinatewiseLSTM(UpdateRule):
 class _HandDesigned(UpdateRule):
 
     def __init__(self, learning_rate: float = 0.01):
-        if not (isinstance(learning_rate, (int, float))
+        if not (isinstance(learning_rate, numbers.Real)
                 and learning_rate > 0 and math.isfinite(learning_rate)):
             raise ValueError("`learning_rate` must be a positive number. "
                              f"Received: learning_rate={learning_rate!r}")

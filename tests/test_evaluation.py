@@ -138,9 +138,12 @@ def _results():
         "horizons": [10, 100],
         "optimizers": {
             # stderr 3 against 4: the difference has stderr exactly 5.
-            "learned": _entry({10: (10.0, 3.0, 1.0), 100: (1.0, 3.0, 1.0)}),
-            "sgd": _entry({10: (15.0, 4.0, 0.1), 100: (6.001, 4.0, 0.3)}),
-            "adam": _entry({10: (12.0, 0.0, 0.0316), 100: (0.5, 0.0, 3.16)}),
+            "learned": dict(_entry({10: (10.0, 3.0, 1.0),
+                                    100: (1.0, 3.0, 1.0)}), kind="learned"),
+            "sgd": dict(_entry({10: (15.0, 4.0, 0.1), 100: (6.001, 4.0, 0.3)}),
+                        kind="baseline"),
+            "adam": dict(_entry({10: (12.0, 0.0, 0.0316),
+                                 100: (0.5, 0.0, 3.16)}), kind="baseline"),
         },
     }
 
