@@ -7,6 +7,7 @@ SavedModel written by train.meta_train. Prints a table and writes
 <workdir>/evaluation.json.
 """
 
+import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -25,6 +26,7 @@ flags.mark_flags_as_required(["config", "weights", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    tf.get_logger().setLevel("WARNING")  # SavedModel writing is chatty.
     saved_model.resolve_path(_WEIGHTS.value)  # Fail early on a bad name.
     config = _CONFIG.value
     results = evaluation.evaluate_config(

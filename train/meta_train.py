@@ -9,6 +9,7 @@ Override any config field with --config.FIELD=VALUE, for example
 
 import os
 
+import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -27,6 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    tf.get_logger().setLevel("WARNING")  # SavedModel writing is chatty.
     config = _CONFIG.value
     trainer = meta.MetaTrainer(config, _WORKDIR.value)
     result = trainer.train()
