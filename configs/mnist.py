@@ -28,7 +28,7 @@ def get_config():
         output_scale=0.1,  # The paper's value for MNIST.
     ))
     config.meta = ml_collections.ConfigDict(dict(
-        num_iterations=2000,
+        num_iterations=1500,
         run_length=100,        # Steps an optimizee is trained for.
         unroll_length=20,      # Steps per truncated unroll (one Adam step).
         learning_rate=3e-3,    # Adam on phi; decays exponentially ...
