@@ -37,6 +37,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         `.keras` file then supplies phi's values).
       {{base_optimizer_keyword_args}}
 
+    A step in which any gradient is not finite is skipped for every variable
+    (values and LSTM state untouched, as LossScaleOptimizer does) and counted
+    in `skipped_steps`. Sparse gradients (`tf.IndexedSlices`, from
+    Embedding layers) are applied as their dense equivalent: rows that got
+    no gradient see a zero gradient and their LSTM state advances. The LSTM
+    runs in float32 whatever the variables' dtype. `weight_decay` subtracts
+    `learning_rate * weight_decay * theta` each step.
+
     phi is held in variables of the optimizer itself: model.fit never trains
     them, they are saved with the model (`.keras`, tf.train.Checkpoint), so a
     saved model reloads without the SavedModel being present.
@@ -128,6 +136,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 name="phi_" + n.replace("/", "_"))
             for n in self._phi_names
         ]
+        self._skipped_steps = self.add_variable(
+            shape=(), initializer="zeros", dtype="int64",
+            name="skipped_steps")
         # Per-coordinate LSTM state, zeros, one set per variable: (h, c) of
         # each layer, [size, units], float32 whatever the variable's dtype.
         self._lstm_states = []
@@ -144,18 +155,72 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     def _phi_dict(self):
         return {n: v.value for n, v in zip(self._phi_names, self._phi)}
 
+    @property
+    def skipped_steps(self):
+        """How many steps were skipped for a non-finite gradient (a variable,
+        saved with the optimizer)."""
+        return self._skipped_steps
+
     def update_step(self, gradient, variable, learning_rate):
         """theta += learning_rate * LSTM(gradient) (see the class doc)."""
+        self._guarded_update_step(gradient, variable, learning_rate,
+                                  _all_finite([gradient]))
+
+    def _guarded_update_step(self, gradient, variable, learning_rate, finite):
+        """The update, or nothing at all where `finite` is False."""
         states = self._lstm_states[self._get_variable_index(variable)]
         if isinstance(gradient, tf.IndexedSlices):
+            # Rows that got no gradient see a zero gradient and advance
+            # their state, exactly as with the equivalent dense gradient.
             gradient = tf.convert_to_tensor(gradient)
         grads = tf.reshape(tf.cast(gradient, tf.float32), [-1])
         updates, new_states = self.rule.step(
             self._phi_dict(), grads, tuple(s.value for s in states))
-        for s, new in zip(states, new_states):
-            self.assign(s, new)
         lr = tf.cast(learning_rate, tf.float32)
-        self.assign_add(variable, tf.reshape(lr * updates, tf.shape(variable)))
+        delta = lr * updates
+        if self.weight_decay and self._use_weight_decay(variable):
+            # Decoupled weight decay, as Keras applies it: -lr * wd * theta
+            # (lr being the multiplier of the learned update).
+            delta -= lr * tf.cast(self.weight_decay, tf.float32) * tf.reshape(
+                tf.cast(variable, tf.float32), [-1])
+        # A select rather than a tf.cond: XLA- and tf.distribute-friendly,
+        # and the non-finite values are never used.
+        for s, new in zip(states, new_states):
+            self.assign(s, tf.where(finite, new, s.value))
+        self.assign_add(variable, tf.reshape(
+            tf.where(finite, delta, tf.zeros_like(delta)), tf.shape(variable)))
+
+    def _apply_weight_decay(self, variables):
+        # Folded into _guarded_update_step, so that a skipped step leaves the
+        # variables untouched.
+        del variables
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # As the TensorFlow backend's, plus one all-finite check over every
+        # (all-reduced) gradient: a step with any non-finite gradient is
+        # skipped for every variable, as LossScaleOptimizer does.
+        trainable_variables = [
+            v.value if isinstance(v, keras.Variable) else v
+            for v in trainable_variables
+        ]
+        grads_and_vars = self._all_reduce_sum_gradients(
+            list(zip(grads, trainable_variables)))
+        finite = _all_finite([g for g, _ in grads_and_vars])
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_guarded_update, self._distribution_strategy,
+            grads_and_vars, learning_rate, finite)
+
+    def _distributed_guarded_update(self, distribution, grads_and_vars,
+                                    learning_rate, finite):
+        for grad, var in grads_and_vars:
+            distribution.extended.update(
+                var, lambda v, g, lr, f: self._guarded_update_step(
+                    g, v, lr, f),
+                args=(grad, learning_rate, finite), group=False)
+        distribution.extended.update(
+            self._skipped_steps.value,
+            lambda v, f: v.assign_add(tf.cast(tf.logical_not(f), v.dtype)),
+            args=(finite,), group=False)
 
     def get_config(self):
         config = super().get_config()
@@ -164,6 +229,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             "network": self.rule.get_config(),
         })
         return config
+
+
+def _all_finite(grads):
+    flags = [tf.reduce_all(tf.math.is_finite(
+        g.values if isinstance(g, tf.IndexedSlices) else g))
+        for g in grads if g is not None]
+    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
 
 
 LearnedOptimizer.__doc__ = LearnedOptimizer.__doc__.replace(
