@@ -76,6 +76,25 @@ def validate_config(config):
     if m.clip_norm is not None and not m.clip_norm > 0:
         raise ValueError("`meta.clip_norm` must be positive or None. "
                          f"Received: meta.clip_norm={m.clip_norm!r}")
+    e = config.evaluation
+    for name in e.baselines:
+        if name not in networks.BASELINES:
+            raise ValueError(
+                f"`evaluation.baselines` entries must be among "
+                f"{list(networks.BASELINES)}. Received: {name!r}")
+    for field in ("num_seeds", "num_tuning_seeds"):
+        if not isinstance(e[field], int) or e[field] < 2:
+            raise ValueError(f"`evaluation.{field}` must be an integer >= 2 "
+                             "(a standard error needs two seeds). Received: "
+                             f"evaluation.{field}={e[field]!r}")
+    if not e.horizons or any(not isinstance(h, int) or h <= 0
+                             for h in e.horizons):
+        raise ValueError("`evaluation.horizons` must hold positive integers. "
+                         f"Received: evaluation.horizons={e.horizons!r}")
+    if not isinstance(config.validation.horizon, int) or (
+            config.validation.horizon <= 0):
+        raise ValueError("`validation.horizon` must be a positive integer. "
+                         f"Received: {config.validation.horizon!r}")
     if config.problem not in problems.PROBLEMS:
         raise ValueError(f"`problem` must be one of {list(problems.PROBLEMS)}"
                          f". Received: problem={config.problem!r}")

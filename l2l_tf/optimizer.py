@@ -1,5 +1,6 @@
 """LearnedOptimizer: the meta-trained coordinatewise LSTM as a Keras optimizer."""
 
+import re
 import warnings
 from typing import Optional
 
@@ -35,6 +36,13 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         arguments). Optional: read from `weights`. Given, it must match them.
         It lets `from_config` rebuild the optimizer when `weights` is gone (a
         `.keras` file then supplies phi's values).
+      routes: optional {regex: rule config}: variables whose path (e.g.
+        "sequential/embedding/embeddings") matches a regex (re.search; the
+        first match wins) are updated by a hand-designed rule instead of the
+        LSTM, e.g. `{"embedding": {"rule": "adam", "learning_rate": 1e-3}}`
+        for a huge embedding whose 320 bytes a parameter of LSTM state would
+        be too much (Adam keeps 8). Rules: "sgd", "nag", "rmsprop", "adam";
+        their update is also multiplied by `learning_rate`.
       {{base_optimizer_keyword_args}}
 
     A step in which any gradient is not finite is skipped for every variable
@@ -62,6 +70,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         weights: str = "mnist",
         learning_rate=1.0,
         network: Optional[dict] = None,
+        routes: Optional[dict] = None,
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -75,6 +84,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         **kwargs,
     ):
         rule, phi = self._resolve(weights, network)
+        parsed_routes = _parse_routes(routes)
         super().__init__(
             learning_rate=learning_rate,
             name=name,
@@ -92,6 +102,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.weights_spec = str(weights)
         self.rule = rule
         self._initial_phi = phi
+        self.routes = parsed_routes
 
     @staticmethod
     def _resolve(weights, network):
@@ -139,18 +150,29 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self._skipped_steps = self.add_variable(
             shape=(), initializer="zeros", dtype="int64",
             name="skipped_steps")
-        # Per-coordinate LSTM state, zeros, one set per variable: (h, c) of
-        # each layer, [size, units], float32 whatever the variable's dtype.
+        # Per-variable state, zeros: for the LSTM (h, c) of each layer,
+        # [size, units], float32 whatever the variable's dtype; for a
+        # variable routed to a hand-designed rule, that rule's state.
         self._lstm_states = []
+        self._var_rules = []
         for var in var_list:
             size = int(np.prod(var.shape))
-            base_name = getattr(var, "path", var.name).replace("/", "_")
+            path = getattr(var, "path", var.name)
+            rule = self._rule_for(path)
+            self._var_rules.append(rule)
             self._lstm_states.append([
                 self.add_variable(shape=shape, initializer="zeros",
                                   dtype="float32",
-                                  name=f"{base_name}_lstm_{k}")
-                for k, shape in enumerate(self.rule.state_shapes(size))
+                                  name=f"{path.replace('/', '_')}_"
+                                       f"{rule.name}_{k}")
+                for k, shape in enumerate(rule.state_shapes(size))
             ])
+
+    def _rule_for(self, path: str) -> networks.UpdateRule:
+        for pattern, rule in self.routes:
+            if re.search(pattern, path):
+                return rule
+        return self.rule
 
     def _phi_dict(self):
         return {n: v.value for n, v in zip(self._phi_names, self._phi)}
@@ -168,14 +190,16 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
 
     def _guarded_update_step(self, gradient, variable, learning_rate, finite):
         """The update, or nothing at all where `finite` is False."""
-        states = self._lstm_states[self._get_variable_index(variable)]
+        index = self._get_variable_index(variable)
+        states, rule = self._lstm_states[index], self._var_rules[index]
         if isinstance(gradient, tf.IndexedSlices):
             # Rows that got no gradient see a zero gradient and advance
             # their state, exactly as with the equivalent dense gradient.
             gradient = tf.convert_to_tensor(gradient)
         grads = tf.reshape(tf.cast(gradient, tf.float32), [-1])
-        updates, new_states = self.rule.step(
-            self._phi_dict(), grads, tuple(s.value for s in states))
+        phi = self._phi_dict() if rule is self.rule else rule.init_phi()
+        updates, new_states = rule.step(
+            phi, grads, tuple(s.value for s in states))
         lr = tf.cast(learning_rate, tf.float32)
         delta = lr * updates
         if self.weight_decay and self._use_weight_decay(variable):
@@ -227,8 +251,36 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         config.update({
             "weights": self.weights_spec,
             "network": self.rule.get_config(),
+            "routes": {pattern: {"rule": rule.name, **rule.get_config()}
+                       for pattern, rule in self.routes} or None,
         })
         return config
+
+
+def _parse_routes(routes):
+    """{regex: {"rule": name, **kwargs}} -> [(regex, UpdateRule)]."""
+    if routes is None:
+        return []
+    if not isinstance(routes, dict):
+        raise ValueError("`routes` must be a dict mapping a regular "
+                         "expression on variable paths to a hand-designed "
+                         "rule's config, e.g. {'embedding': {'rule': 'adam', "
+                         f"'learning_rate': 1e-3}}}}. Received: routes={routes!r}")
+    parsed = []
+    for pattern, spec in routes.items():
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"`routes` key {pattern!r} is not a regular "
+                             f"expression: {e}") from e
+        spec = dict(spec) if isinstance(spec, dict) else {"rule": spec}
+        name = spec.pop("rule", None)
+        if name not in networks.BASELINES:
+            raise ValueError(
+                f"`routes[{pattern!r}]['rule']` must be one of "
+                f"{list(networks.BASELINES)}. Received: {name!r}")
+        parsed.append((pattern, networks.get(name, **spec)))
+    return parsed
 
 
 def _all_finite(grads):

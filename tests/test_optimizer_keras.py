@@ -148,3 +148,146 @@ def test_mirrored_strategy_matches_single_device(weights):
     np.testing.assert_allclose(mirrored, single, rtol=1e-5)
     for a, b in zip(w_mirrored, w_single):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_routes_send_matching_variables_to_a_hand_designed_rule(weights):
+    emb = keras.Variable(np.ones((5, 2), np.float32), name="embeddings")
+    dense = keras.Variable(np.ones(3, np.float32), name="kernel")
+    routes = {"embed": {"rule": "adam", "learning_rate": 0.01}}
+    opt = LearnedOptimizer(weights=weights, routes=routes)
+    twin = keras.optimizers.Adam(learning_rate=0.01)
+    emb_twin = keras.Variable(np.ones((5, 2), np.float32))
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        g_emb = tf.constant(rng.normal(size=(5, 2)), tf.float32)
+        g_dense = tf.constant(rng.normal(size=3), tf.float32)
+        opt.apply_gradients([(g_emb, emb), (g_dense, dense)])
+        twin.apply_gradients([(g_emb, emb_twin)])
+    np.testing.assert_allclose(emb.numpy(), emb_twin.numpy(), rtol=1e-5)
+    # Adam's state (m, v, t) for the embedding, the LSTM's for the kernel.
+    assert [tuple(s.shape) for s in opt._lstm_states[0]] == [(10,), (10,), ()]
+    assert [tuple(s.shape) for s in opt._lstm_states[1]] == [(3, 20)] * 4
+    config = opt.get_config()
+    assert config["routes"]["embed"]["rule"] == "adam"
+    assert LearnedOptimizer.from_config(config).get_config() == config
+
+
+@pytest.mark.parametrize("routes,message", [
+    ({"x": {"rule": "lstm"}}, r"routes\['x'\]\['rule'\]` must be one of"),
+    ({"(": {"rule": "adam"}}, "not a regular expression"),
+    (["adam"], "`routes` must be a dict"),
+])
+def test_bad_routes_raise_clear_errors(weights, routes, message):
+    with pytest.raises(ValueError, match=message):
+        LearnedOptimizer(weights=weights, routes=routes)
+
+
+def test_gradient_accumulation_advances_state_once_per_real_step(weights):
+    var = keras.Variable(np.zeros(3, np.float32))
+    opt = LearnedOptimizer(weights=weights, gradient_accumulation_steps=2)
+    g1, g2 = tf.constant([0.2, -0.4, 1.0]), tf.constant([0.6, 0.0, -1.0])
+    opt.apply_gradients([(g1, var)])
+    assert np.all(var.numpy() == 0) and not np.any(_states(opt)[0])
+    opt.apply_gradients([(g2, var)])
+    # One LSTM step on the mean of the two gradients.
+    ref = keras.Variable(np.zeros(3, np.float32))
+    ref_opt = LearnedOptimizer(weights=weights)
+    ref_opt.apply_gradients([((g1 + g2) / 2, ref)])
+    np.testing.assert_allclose(var.numpy(), ref.numpy(), rtol=1e-6)
+    for got, want in zip(_states(opt), _states(ref_opt)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_loss_scale_optimizer_skips_leave_state_untouched(weights):
+    var = keras.Variable(np.ones(4, np.float32))
+    opt = keras.optimizers.LossScaleOptimizer(
+        LearnedOptimizer(weights=weights))
+    opt.apply_gradients([(tf.constant([0.1, 0.2, 0.3, 0.4]), var)])
+    inner = opt.inner_optimizer
+    before = (var.numpy().copy(), _states(inner))
+    opt.apply_gradients([(tf.constant([0.1, np.inf, 0.3, 0.4]), var)])
+    np.testing.assert_array_equal(var.numpy(), before[0])
+    for got, want in zip(_states(inner), before[1]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_mixed_float16_policy_trains(weights):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4),
+                                  keras.layers.Dense(1, dtype="float32")])
+        model.compile(optimizer=LearnedOptimizer(weights=weights), loss="mse")
+        assert isinstance(model.optimizer,
+                          keras.optimizers.LossScaleOptimizer)
+        x = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
+        before = [w.copy() for w in model.get_weights()]
+        model.fit(x, x[:, :1], batch_size=16, epochs=1, verbose=0)
+        after = model.get_weights()
+        assert all(np.all(np.isfinite(w)) for w in after)
+        assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_learning_rate_schedule_scales_the_update(weights):
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [1.0, 0.5])
+    var = keras.Variable(np.zeros(2, np.float32))
+    ref = keras.Variable(np.zeros(2, np.float32))
+    opt = LearnedOptimizer(weights=weights, learning_rate=schedule)
+    ref_opt = LearnedOptimizer(weights=weights)
+    g = tf.constant([0.3, -0.7])
+    deltas = []
+    for _ in range(3):
+        a, b = var.numpy().copy(), ref.numpy().copy()
+        opt.apply_gradients([(g, var)])
+        ref_opt.apply_gradients([(g, ref)])
+        deltas.append(((var.numpy() - a), (ref.numpy() - b)))
+    np.testing.assert_allclose(deltas[0][0], deltas[0][1], rtol=1e-6)
+    np.testing.assert_allclose(deltas[2][0], 0.5 * deltas[2][1], rtol=1e-5)
+
+
+def test_ema_with_swap_callback(weights):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    opt = LearnedOptimizer(weights=weights, use_ema=True, ema_momentum=0.5)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, x[:, :1], batch_size=16, epochs=1, verbose=0)
+    averages = [v.numpy() for v in opt._model_variables_moving_average]
+    trained = model.get_weights()
+    assert not np.allclose(averages[0], trained[0])
+    cb = keras.callbacks.SwapEMAWeights()
+    cb.set_model(model)
+    cb.on_test_begin()
+    np.testing.assert_allclose(model.get_weights()[0], averages[0])
+    cb.on_test_end()
+    np.testing.assert_allclose(model.get_weights()[0], trained[0])
+
+
+def test_backup_and_restore_resumes_after_a_crash(weights, tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = x[:, :1] * 2
+
+    def make():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(optimizer=LearnedOptimizer(weights=weights), loss="mse")
+        return model
+
+    clean = make().fit(x, y, batch_size=16, epochs=4, shuffle=False,
+                       verbose=0).history["loss"]
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        make().fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+                   callbacks=[backup, Crash()])
+    resumed = make().fit(x, y, batch_size=16, epochs=4, shuffle=False,
+                         verbose=0, callbacks=[backup]).history["loss"]
+    np.testing.assert_allclose(resumed, clean[-len(resumed):], rtol=1e-5)
+    assert len(resumed) == 2
