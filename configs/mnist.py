@@ -28,11 +28,11 @@ def get_config():
         output_scale=0.1,  # The paper's value for MNIST.
     ))
     config.meta = ml_collections.ConfigDict(dict(
-        num_iterations=1500,
+        num_iterations=2000,
         run_length=100,        # Steps an optimizee is trained for.
         unroll_length=20,      # Steps per truncated unroll (one Adam step).
         learning_rate=3e-3,    # Adam on phi; decays exponentially ...
-        final_learning_rate=3e-4,  # ... to this at the last iteration.
+        final_learning_rate=1e-3,  # ... to this at the last iteration.
         clip_norm=None,
         init_seed=0,
         init_weights="",       # Shipped name or export path to start from.
@@ -41,7 +41,7 @@ def get_config():
     config.eval_every = 100
     config.log_every = 50
     config.validation = ml_collections.ConfigDict(dict(
-        num_seeds=5,           # Fixed seeds on the validation split.
+        num_seeds=10,          # Fixed seeds on the validation split.
         horizon=100,
     ))
     config.evaluation = ml_collections.ConfigDict(dict(

@@ -76,8 +76,7 @@ def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
     """
 
     @tf.function(reduce_retracing=True)
-    def run(phi, seed):
-        params, task = problem.init(seed)
+    def _run(phi, params, task):
         state = rule.init_state(sum(p.shape.num_elements() for p in params))
         losses = tf.TensorArray(tf.float32, size=num_steps + 1)
         losses = losses.write(0, problem.eval_loss(params, task))
@@ -92,5 +91,11 @@ def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
             lambda t, *_: t < num_steps, body,
             (tf.constant(0), params, state, losses))
         return losses.stack()
+
+    def run(phi, seed):
+        # The optimizee is drawn eagerly: a problem may build it in Python
+        # (a Keras model, for instance).
+        params, task = problem.init(seed)
+        return _run(phi, params, task)
 
     return run

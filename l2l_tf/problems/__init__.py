@@ -2,10 +2,11 @@
 
 from l2l_tf import datasets
 from l2l_tf.problems.base import Problem, fold_in, seed_pair
+from l2l_tf.problems.keras_model import KerasModel
 from l2l_tf.problems.mlp import ACTIVATIONS, MLP
 from l2l_tf.problems.quadratic import Quadratic
 
-PROBLEMS = ("quadratic", "mnist")
+PROBLEMS = ("quadratic", "mnist", "keras_model")
 
 
 def make(name: str, split: str = "train", **kwargs) -> Problem:
@@ -13,7 +14,8 @@ def make(name: str, split: str = "train", **kwargs) -> Problem:
 
     "quadratic" takes Quadratic's arguments (it has no data; `split` only
     matters through the seeds a caller draws). "mnist" takes MLP's arguments
-    plus `dataset` (a name in `datasets.DATASETS`).
+    plus `dataset` (a name in `datasets.DATASETS`). "keras_model" takes
+    KerasModel's `build_fn`, `loss` and `batch_size`, plus `dataset`.
     """
     if name == "quadratic":
         return Quadratic(**kwargs)
@@ -22,6 +24,10 @@ def make(name: str, split: str = "train", **kwargs) -> Problem:
         images, labels = datasets.load(
             kwargs.pop("dataset", "mnist_embedded"), split)
         return MLP(images, labels, **kwargs)
+    if name == "keras_model":
+        kwargs = dict(kwargs)
+        x, y = datasets.load(kwargs.pop("dataset", "mnist_embedded"), split)
+        return KerasModel(x=x, y=y, **kwargs)
     raise ValueError(f"`problem` must be one of {list(PROBLEMS)}. "
                      f"Received: problem={name!r}")
 
@@ -31,5 +37,5 @@ def from_config(config, split: str) -> Problem:
     return make(config.problem, split, **dict(config.problem_kwargs))
 
 
-__all__ = ["Problem", "Quadratic", "MLP", "ACTIVATIONS", "PROBLEMS", "make", "from_config",
+__all__ = ["Problem", "Quadratic", "MLP", "KerasModel", "ACTIVATIONS", "PROBLEMS", "make", "from_config",
            "seed_pair", "fold_in"]
