@@ -23,6 +23,7 @@ import json
 import math
 import numbers
 import os
+import tempfile
 import time
 from typing import Optional
 
@@ -73,6 +74,10 @@ def validate_config(config):
                 and math.isfinite(value)):
             raise ValueError(f"`meta.{field}` must be a positive number. "
                              f"Received: meta.{field}={value!r}")
+    ema = m.get("ema_decay", None)
+    if ema is not None and not (isinstance(ema, numbers.Real) and 0 < ema < 1):
+        raise ValueError("`meta.ema_decay` must be in (0, 1) or None. "
+                         f"Received: meta.ema_decay={ema!r}")
     if m.clip_norm is not None and not m.clip_norm > 0:
         raise ValueError("`meta.clip_norm` must be positive or None. "
                          f"Received: meta.clip_norm={m.clip_norm!r}")
@@ -143,13 +148,24 @@ class MetaTrainer:
         self.best_validation = tf.Variable(np.inf, dtype=tf.float64,
                                            trainable=False)
         self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # Halved each time repeated divergence forces a restore.
+        self.lr_scale = tf.Variable(1.0, dtype=tf.float64, trainable=False)
+        self._initial_phi = {n: np.array(init_phi[n]) for n in self.names}
+        # Polyak averaging of phi (meta.ema_decay): validation and exports
+        # use the average, which swings far less than phi itself.
+        self.ema_decay = m.get("ema_decay", None)
+        self.phi_ema = ({n: tf.Variable(init_phi[n], trainable=False,
+                                        name=n.replace("/", "_") + "_ema")
+                         for n in self.names} if self.ema_decay else None)
         self.checkpoint = tf.train.Checkpoint(
             phi=self.phi, meta_state=self.meta_state,
             iteration=self.iteration, best_validation=self.best_validation,
-            skipped_steps=self.skipped_steps)
+            skipped_steps=self.skipped_steps, lr_scale=self.lr_scale,
+            **({"phi_ema": self.phi_ema} if self.phi_ema else {}))
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.workdir, "checkpoints"),
             max_to_keep=3)
+        self.max_skips = int(m.get("max_consecutive_skips", 10))
         self._meta_step = tf.function(self._meta_step_impl)
         self._val_run = unroll.make_run_fn(self.rule, self.val_problem,
                                            config.validation.horizon)
@@ -178,6 +194,11 @@ class MetaTrainer:
                 v.assign_add(u)
             for v, s in zip(self.meta_state, new_state):
                 v.assign(s)
+            if self.phi_ema:
+                d = self.ema_decay
+                for n in self.names:
+                    self.phi_ema[n].assign(d * self.phi_ema[n]
+                                           + (1.0 - d) * self.phi[n])
             return tf.constant(True)
 
         def skip():
@@ -195,7 +216,29 @@ class MetaTrainer:
         """Exponential decay from meta.learning_rate to final_learning_rate."""
         m = self.config.meta
         frac = min(iteration / m.num_iterations, 1.0)
-        return m.learning_rate * (m.final_learning_rate / m.learning_rate) ** frac
+        return float(self.lr_scale.numpy()) * m.learning_rate * (
+            m.final_learning_rate / m.learning_rate) ** frac
+
+    def _recover(self):
+        """Restores the last good checkpoint (or the initial weights) and
+        halves the meta learning rate; returns the iteration to go on from."""
+        scale = float(self.lr_scale.numpy()) / 2
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint)
+        else:
+            for n in self.names:
+                self.phi[n].assign(self._initial_phi[n])
+                if self.phi_ema:
+                    self.phi_ema[n].assign(self._initial_phi[n])
+            for v in self.meta_state:
+                v.assign(tf.zeros_like(v))
+            self.iteration.assign(0)
+        self.lr_scale.assign(scale)
+        logging.warning(
+            "Meta-training diverged (%d non-finite meta-steps in a row): "
+            "restored iteration %d, meta learning rate scaled by %g.",
+            self.max_skips, int(self.iteration.numpy()), scale)
+        return int(self.iteration.numpy())
 
     def run_seed(self, run: int) -> tf.Tensor:
         return problems.fold_in(
@@ -205,10 +248,15 @@ class MetaTrainer:
     def phi_numpy(self):
         return {n: v.numpy() for n, v in self.phi.items()}
 
+    def _evaluated_phi(self):
+        """The weights that are validated and exported (the average if
+        meta.ema_decay is set)."""
+        return self.phi_ema if self.phi_ema else self.phi
+
     def validate(self) -> float:
         """Mean reported loss at the validation horizon over fixed seeds."""
         curves = evaluation.run_curves(
-            self._val_run, self.phi,
+            self._val_run, self._evaluated_phi(),
             evaluation.seeds(evaluation.VALIDATION_SEED_BASE,
                              self.config.validation.num_seeds))
         finals = curves[:, -1]
@@ -217,7 +265,8 @@ class MetaTrainer:
 
     def export(self, name: str, validation_loss: float) -> str:
         return saved_model.export(
-            os.path.join(self.workdir, name), self.rule, self.phi_numpy(),
+            os.path.join(self.workdir, name), self.rule,
+            {n: v.numpy() for n, v in self._evaluated_phi().items()},
             config=self.config.to_dict(),
             extra={"iteration": int(self.iteration.numpy()),
                    "validation_loss": validation_loss})
@@ -237,8 +286,12 @@ class MetaTrainer:
                              f"`checkpoint_every` ({config.checkpoint_every})."
                              f" Received: until={until!r}")
         os.makedirs(self.workdir, exist_ok=True)
-        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        for name in ("export", "export_last"):
+            saved_model.recover(os.path.join(self.workdir, name))
+        fd, tmp = tempfile.mkstemp(dir=self.workdir, prefix=".config.json.")
+        with os.fdopen(fd, "w") as f:
             json.dump(config.to_dict(), f, indent=2, default=str)
+        os.replace(tmp, os.path.join(self.workdir, "config.json"))
         if self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint)
             logging.info("Resumed from %s at iteration %d.",
@@ -250,7 +303,9 @@ class MetaTrainer:
         params = state = task = None
         window = []
         stop = total if until is None else min(until, total)
-        for it in range(start_it, stop):
+        consecutive_skips = 0
+        it = start_it
+        while it < stop:
             run, k = divmod(it, self.unrolls_per_run)
             if k == 0:
                 params, task = self.problem.init(self.run_seed(run))
@@ -263,13 +318,18 @@ class MetaTrainer:
                 tf.constant(self.learning_rate(it), tf.float32))
             self.iteration.assign(it + 1)
             if not bool(applied):
+                consecutive_skips += 1
                 logging.warning(
                     "Iteration %d: non-finite meta-loss (%s) or meta-gradient "
                     "norm (%s); meta-step skipped.", it + 1,
                     float(meta_loss), float(norm))
+                if consecutive_skips >= self.max_skips:
+                    it, consecutive_skips, params = self._recover(), 0, None
+                    continue
             else:
+                consecutive_skips = 0
                 window.append(float(meta_loss))
-            done = it + 1
+            it = done = it + 1
             last = done == total
             val = None
             if done % config.eval_every == 0 or last:

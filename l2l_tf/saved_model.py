@@ -103,6 +103,26 @@ def _replace_dir(src: str, dst: str):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def recover(path: str):
+    """Finishes or undoes an export that a crash interrupted at `path`.
+
+    Restores `path` from its `.old-*` copy if the crash came between the two
+    renames of `_replace_dir`, and removes stale temporary folders.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return
+    for entry in sorted(os.listdir(parent)):
+        full = os.path.join(parent, entry)
+        if entry.startswith(name + ".old-"):
+            if not os.path.exists(path):
+                os.replace(full, path)
+            else:
+                shutil.rmtree(full, ignore_errors=True)
+        elif entry.startswith("." + name + ".tmp-"):
+            shutil.rmtree(full, ignore_errors=True)
+
+
 def export(path: str, rule: networks.CoordinatewiseLSTM,
            phi: Dict[str, np.ndarray], config: Optional[dict] = None,
            extra: Optional[dict] = None) -> str:

@@ -98,4 +98,5 @@ def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
         params, task = problem.init(seed)
         return _run(phi, params, task)
 
+    run.experimental_get_tracing_count = _run.experimental_get_tracing_count
     return run

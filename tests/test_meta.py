@@ -206,3 +206,52 @@ def test_meta_train_binary_end_to_end(tmp_path):
 def test_configs_are_valid():
     for module in (mnist_config, quadratic_config):
         meta.validate_config(module.get_config())
+
+
+def test_repeated_divergence_restores_the_last_checkpoint(tmp_path):
+    config = tiny_quadratic_config()
+    config.meta.max_consecutive_skips = 3
+    trainer = meta.MetaTrainer(config, str(tmp_path))
+    real_step = trainer._meta_step
+    calls = []
+
+    def flaky_step(*args):
+        calls.append(int(trainer.iteration.numpy()))
+        loss, params, state, norm, applied = real_step(*args)
+        if len(calls) in (6, 7, 8):  # Iterations 5, 6, 7 "diverge".
+            return (tf.constant(np.nan), params, state, norm,
+                    tf.constant(False))
+        return loss, params, state, norm, applied
+
+    trainer._meta_step = flaky_step
+    result = trainer.train()
+    assert result.iterations == 10
+    # Three skips in a row (iterations 5-7) -> back to the checkpoint at 4.
+    assert calls[:9] == [0, 1, 2, 3, 4, 5, 6, 7, 4]
+    assert float(trainer.lr_scale.numpy()) == 0.5
+    assert all(np.all(np.isfinite(v)) for v in trainer.phi_numpy().values())
+
+
+def test_ema_of_phi_is_what_gets_validated_and_exported(tmp_path):
+    config = tiny_quadratic_config()
+    config.meta.ema_decay = 0.5
+    trainer = meta.MetaTrainer(config, str(tmp_path))
+    start = trainer.phi_numpy()
+    history = []
+    real_step = trainer._meta_step
+
+    def recording_step(*args):
+        out = real_step(*args)
+        history.append(trainer.phi_numpy())
+        return out
+
+    trainer._meta_step = recording_step
+    result = trainer.train()
+    # ema_k = 0.5 ema_{k-1} + 0.5 phi_k, from ema_0 = phi_0.
+    want = start
+    for phi in history:
+        want = {n: 0.5 * want[n] + 0.5 * phi[n] for n in want}
+    _, exported, _ = saved_model.load(result.export_last_dir)
+    for n in want:
+        np.testing.assert_allclose(exported[n], want[n], rtol=1e-5)
+        assert not np.allclose(exported[n], history[-1][n])

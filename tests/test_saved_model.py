@@ -217,3 +217,18 @@ def test_resolve_path_returns_existing_export(exported):
     assert saved_model.resolve_path(path) == path
     with pytest.raises(TypeError, match="weights"):
         saved_model.resolve_path(3)
+
+
+def test_recover_finishes_an_interrupted_export(tmp_path):
+    rule = networks.CoordinatewiseLSTM(hidden_sizes=(3,))
+    path = str(tmp_path / "export")
+    saved_model.export(path, rule, rule.init_phi(0))
+    # A crash between the two renames: only the .old copy exists, plus a
+    # half-written temporary folder.
+    os.replace(path, path + ".old-123")
+    os.makedirs(str(tmp_path / ".export.tmp-abc"))
+    saved_model.recover(path)
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    _, phi, _ = saved_model.load(path)
+    np.testing.assert_array_equal(phi["output/bias"],
+                                  rule.init_phi(0)["output/bias"])
