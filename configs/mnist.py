@@ -33,7 +33,9 @@ def get_config():
         unroll_length=20,      # Steps per truncated unroll (one Adam step).
         learning_rate=3e-3,    # Adam on phi; decays exponentially ...
         final_learning_rate=1e-3,  # ... to this at the last iteration.
-        clip_norm=None,
+        clip_norm=None,        # Clip the meta-gradient's global norm.
+        ema_decay=None,        # Polyak average of phi, validated/exported.
+        max_consecutive_skips=10,  # Non-finite meta-steps before a restore.
         init_seed=0,
         init_weights="",       # Shipped name or export path to start from.
     ))

@@ -74,7 +74,12 @@ def validate_config(config):
                 and math.isfinite(value)):
             raise ValueError(f"`meta.{field}` must be a positive number. "
                              f"Received: meta.{field}={value!r}")
-    ema = m.get("ema_decay", None)
+    if not isinstance(m.max_consecutive_skips, int) or (
+            m.max_consecutive_skips <= 0):
+        raise ValueError("`meta.max_consecutive_skips` must be a positive "
+                         "integer. Received: meta.max_consecutive_skips="
+                         f"{m.max_consecutive_skips!r}")
+    ema = m.ema_decay
     if ema is not None and not (isinstance(ema, numbers.Real) and 0 < ema < 1):
         raise ValueError("`meta.ema_decay` must be in (0, 1) or None. "
                          f"Received: meta.ema_decay={ema!r}")
@@ -153,7 +158,7 @@ class MetaTrainer:
         self._initial_phi = {n: np.array(init_phi[n]) for n in self.names}
         # Polyak averaging of phi (meta.ema_decay): validation and exports
         # use the average, which swings far less than phi itself.
-        self.ema_decay = m.get("ema_decay", None)
+        self.ema_decay = m.ema_decay
         self.phi_ema = ({n: tf.Variable(init_phi[n], trainable=False,
                                         name=n.replace("/", "_") + "_ema")
                          for n in self.names} if self.ema_decay else None)
@@ -165,7 +170,7 @@ class MetaTrainer:
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.workdir, "checkpoints"),
             max_to_keep=3)
-        self.max_skips = int(m.get("max_consecutive_skips", 10))
+        self.max_skips = int(m.max_consecutive_skips)
         self._meta_step = tf.function(self._meta_step_impl)
         self._val_run = unroll.make_run_fn(self.rule, self.val_problem,
                                            config.validation.horizon)
