@@ -9,6 +9,7 @@ coordinatewise LSTM with log/sign preprocessing (p = 10) and output scale
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config():
@@ -33,8 +34,9 @@ def get_config():
         unroll_length=20,      # Steps per truncated unroll (one Adam step).
         learning_rate=3e-3,    # Adam on phi; decays exponentially ...
         final_learning_rate=1e-3,  # ... to this at the last iteration.
-        clip_norm=None,        # Clip the meta-gradient's global norm.
-        ema_decay=None,        # Polyak average of phi, validated/exported.
+        # Placeholders: None by default, overridable from the command line.
+        clip_norm=config_dict.placeholder(float),  # Meta-gradient norm clip.
+        ema_decay=config_dict.placeholder(float),  # Polyak average of phi.
         max_consecutive_skips=10,  # Non-finite meta-steps before a restore.
         init_seed=0,
         init_weights="",       # Shipped name or export path to start from.
