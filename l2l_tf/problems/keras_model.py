@@ -32,21 +32,14 @@ def resolve_build_fn(build_fn: Union[str, Callable]) -> Callable:
     return fn
 
 
-def _seeded(initializer, seed: int):
-    """The same initializer with an explicit seed (None if it has none)."""
-    config = initializer.get_config()
-    if "seed" not in config:
-        return initializer  # Deterministic (zeros, ones, constant).
-    return type(initializer).from_config({**config, "seed": seed})
-
-
 class KerasModel(base.Problem):
     """Trains a Keras model on minibatches of a fixed dataset split.
 
     The model's layers run functionally (`model.stateless_call`) on parameter
     tensors, so a GradientTape sees through a whole unrolled optimization.
-    Each seed draws fresh weights from the model's own initializers (seeded;
-    no global random state is touched).
+    Each seed draws fresh weights by building the model again after
+    `keras.utils.set_random_seed(seed)`: drawing an optimizee re-seeds the
+    global Python, NumPy, TensorFlow and Keras random generators.
 
     Loss and scale: `loss` (a Keras loss name or object) averaged over the
     minibatch, as model.fit computes it; the reported loss is the same over
@@ -87,8 +80,6 @@ class KerasModel(base.Problem):
             raise ValueError("`build_fn` must return a built keras.Model "
                              "(give it an Input). Received: "
                              f"{type(self.model).__name__}")
-        self._initializers = [v._initializer  # pylint: disable=protected-access
-                              for v in self.model.trainable_variables]
         self._non_trainable = [v.value
                                for v in self.model.non_trainable_variables]
 
@@ -97,12 +88,10 @@ class KerasModel(base.Problem):
 
     def init(self, seed):
         pair = base.seed_pair(seed)
-        base_seed = int(np.asarray(pair)[0]) % (2**31 - 1)
-        params = []
-        for i, (var, init) in enumerate(zip(self.model.trainable_variables,
-                                            self._initializers)):
-            value = _seeded(init, base_seed + 7919 * i)(var.shape, var.dtype)
-            params.append(tf.convert_to_tensor(value, tf.float32))
+        keras.utils.set_random_seed(int(np.asarray(pair)[0]) % (2**31 - 1))
+        model = self.build_fn()
+        params = [tf.convert_to_tensor(v.value, tf.float32)
+                  for v in model.trainable_variables]
         return params, base.fold_in(pair, 10_000)
 
     def batch(self, task, step):
