@@ -33,10 +33,12 @@ def get_config():
         run_length=100,        # Steps an optimizee is trained for.
         unroll_length=20,      # Steps per truncated unroll (one Adam step).
         learning_rate=3e-3,    # Adam on phi; decays exponentially ...
-        final_learning_rate=1e-3,  # ... to this at the last iteration.
+        final_learning_rate=3e-4,  # ... to this at the last iteration.
         # Placeholders: None by default, overridable from the command line.
         clip_norm=config_dict.placeholder(float),  # Meta-gradient norm clip.
-        ema_decay=config_dict.placeholder(float),  # Polyak average of phi.
+        # Validate and export the Polyak average of phi: phi's own validation
+        # loss swings up to 2x between evaluations.
+        ema_decay=config_dict.FieldReference(0.99, field_type=float),
         max_consecutive_skips=10,  # Non-finite meta-steps before a restore.
         init_seed=0,
         init_weights="",       # Shipped name or export path to start from.

@@ -22,6 +22,7 @@ def get_config():
     config.meta.num_iterations = 5000
     config.meta.learning_rate = 3e-3
     config.meta.final_learning_rate = 3e-4
+    config.meta.ema_decay = None  # The paper's plain phi.
     config.checkpoint_every = 500
     config.eval_every = 250
     config.log_every = 250
