@@ -29,16 +29,17 @@ def get_config():
         output_scale=0.1,  # The paper's value for MNIST.
     ))
     config.meta = ml_collections.ConfigDict(dict(
-        num_iterations=2000,
+        num_iterations=1000,
         run_length=100,        # Steps an optimizee is trained for.
         unroll_length=20,      # Steps per truncated unroll (one Adam step).
-        learning_rate=3e-3,    # Adam on phi; decays exponentially ...
-        final_learning_rate=3e-4,  # ... to this at the last iteration.
+        # Adam on phi; the rate decays exponentially, 10x over 2,500
+        # iterations, and the run stops at 1,000: the best validation loss
+        # came at iteration 500 of the 2,500-iteration run.
+        learning_rate=3e-3,
+        final_learning_rate=3e-3 * 10 ** -0.4,
         # Placeholders: None by default, overridable from the command line.
         clip_norm=config_dict.placeholder(float),  # Meta-gradient norm clip.
-        # Validate and export the Polyak average of phi: phi's own validation
-        # loss swings up to 2x between evaluations.
-        ema_decay=config_dict.FieldReference(0.99, field_type=float),
+        ema_decay=config_dict.placeholder(float),  # Polyak average of phi.
         max_consecutive_skips=10,  # Non-finite meta-steps before a restore.
         init_seed=0,
         init_weights="",       # Shipped name or export path to start from.
@@ -47,7 +48,7 @@ def get_config():
     config.eval_every = 100
     config.log_every = 50
     config.validation = ml_collections.ConfigDict(dict(
-        num_seeds=10,          # Fixed seeds on the validation split.
+        num_seeds=5,           # Fixed seeds on the validation split.
         horizon=100,
     ))
     config.evaluation = ml_collections.ConfigDict(dict(
