@@ -61,13 +61,14 @@ def validate_config(config):
             f"Received: meta.run_length={m.run_length}, "
             f"meta.unroll_length={m.unroll_length}")
     per_run = m.run_length // m.unroll_length
-    for field in ("checkpoint_every", "eval_every"):
-        if config[field] % per_run:
+    for field in ("meta.num_iterations", "checkpoint_every", "eval_every"):
+        value = m.num_iterations if field == "meta.num_iterations" else (
+            config[field])
+        if value % per_run:
             raise ValueError(
                 f"`{field}` must be a multiple of the unrolls per run "
                 f"(meta.run_length / meta.unroll_length = {per_run}), so that "
-                f"it falls where a run starts. Received: {field}="
-                f"{config[field]}")
+                f"it falls where a run starts. Received: {field}={value}")
     for field in ("learning_rate", "final_learning_rate"):
         value = m[field]
         if not (isinstance(value, numbers.Real) and value > 0
@@ -108,6 +109,18 @@ def validate_config(config):
     if config.problem not in problems.PROBLEMS:
         raise ValueError(f"`problem` must be one of {list(problems.PROBLEMS)}"
                          f". Received: problem={config.problem!r}")
+
+
+def _diff(a, b, prefix=""):
+    """Dotted names of the fields where nested dicts `a` and `b` differ."""
+    out = []
+    for key in set(a) | set(b):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _diff(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 @dataclasses.dataclass
@@ -278,6 +291,30 @@ class MetaTrainer:
 
     # -- the loop --------------------------------------------------------------
 
+    def _check_same_experiment(self):
+        """Refuses to resume a workdir that holds another experiment.
+
+        Only fields that do not alter what was learned up to the checkpoint
+        may change: meta.num_iterations, log_every and evaluation.*.
+        """
+        path = os.path.join(self.workdir, "config.json")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            saved = json.load(f)
+        current = json.loads(json.dumps(self.config.to_dict(), default=str))
+        for d in (saved, current):
+            d.pop("log_every", None)
+            d.pop("evaluation", None)
+            d.get("meta", {}).pop("num_iterations", None)
+        if saved != current:
+            diff = sorted(_diff(saved, current))
+            raise ValueError(
+                f"--workdir {self.workdir!r} holds checkpoints of another "
+                f"experiment; these config fields differ: {diff}. Use a new "
+                "workdir (only meta.num_iterations, log_every and evaluation.* "
+                "may change on resume).")
+
     def train(self, until: Optional[int] = None) -> Result:
         """Meta-trains to `config.meta.num_iterations` (resuming if possible).
 
@@ -293,6 +330,8 @@ class MetaTrainer:
         os.makedirs(self.workdir, exist_ok=True)
         for name in ("export", "export_last"):
             saved_model.recover(os.path.join(self.workdir, name))
+        if self.manager.latest_checkpoint:
+            self._check_same_experiment()
         fd, tmp = tempfile.mkstemp(dir=self.workdir, prefix=".config.json.")
         with os.fdopen(fd, "w") as f:
             json.dump(config.to_dict(), f, indent=2, default=str)

@@ -1,5 +1,7 @@
 """LearnedOptimizer: the meta-trained coordinatewise LSTM as a Keras optimizer."""
 
+import math
+import numbers
 import re
 import warnings
 from typing import Optional
@@ -83,6 +85,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         name="learned_optimizer",
         **kwargs,
     ):
+        if isinstance(learning_rate, numbers.Real) and not isinstance(
+                learning_rate, bool):
+            if not (math.isfinite(learning_rate) and learning_rate > 0):
+                raise ValueError(
+                    "`learning_rate` must be a positive finite number (it "
+                    "multiplies the learned update; 1.0 runs it as "
+                    f"meta-trained). Received: learning_rate={learning_rate!r}")
+            learning_rate = float(learning_rate)  # Keras rejects ints.
         rule, phi = self._resolve(weights, network)
         parsed_routes = _parse_routes(routes)
         super().__init__(
@@ -107,6 +117,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     @staticmethod
     def _resolve(weights, network):
         if network is not None:
+            if not isinstance(network, dict):
+                raise ValueError("`network` must be a dict of "
+                                 "CoordinatewiseLSTM's arguments. Received: "
+                                 f"network={network!r}")
             try:
                 wanted = networks.CoordinatewiseLSTM(**dict(network))
             except TypeError as e:
@@ -268,6 +282,9 @@ def _parse_routes(routes):
                          f"'learning_rate': 1e-3}}}}. Received: routes={routes!r}")
     parsed = []
     for pattern, spec in routes.items():
+        if not isinstance(pattern, str):
+            raise ValueError("`routes` keys must be regular expressions "
+                             f"(strings). Received: {pattern!r}")
         try:
             re.compile(pattern)
         except re.error as e:
@@ -279,7 +296,12 @@ def _parse_routes(routes):
             raise ValueError(
                 f"`routes[{pattern!r}]['rule']` must be one of "
                 f"{list(networks.BASELINES)}. Received: {name!r}")
-        parsed.append((pattern, networks.get(name, **spec)))
+        try:
+            parsed.append((pattern, networks.get(name, **spec)))
+        except TypeError as e:
+            raise ValueError(f"`routes[{pattern!r}]` holds an argument that "
+                             f"{name!r} does not take: {e}. Received: "
+                             f"{routes[pattern]!r}") from e
     return parsed
 
 

@@ -109,4 +109,7 @@ def test_make_builds_a_keras_model_problem_on_embedded_mnist():
                             build_fn="l2l_tf.problems.zoo:mnist_convnet",
                             loss="sparse_categorical_crossentropy")
     assert problem.x.shape == (1000, 784)
+    params, task = problem.init(0)
+    loss, _ = problem.loss(params, task, problem.batch(task, 0))
+    assert loss.shape == () and abs(float(loss) - np.log(10)) < 0.3
     assert problem.num_params == 5 * 5 * 8 + 8 + 12 * 12 * 8 * 10 + 10

@@ -17,7 +17,8 @@ CHECKPOINT_EVERY = 4
 def _cmd(workdir):
     return [sys.executable, "-m", "train.meta_train",
             "--config=configs/quadratic.py", f"--workdir={workdir}",
-            "--noevaluate", "--config.meta.num_iterations=48",
+            "--noevaluate", "--deterministic",
+            "--config.meta.num_iterations=48",
             "--config.meta.run_length=4", "--config.meta.unroll_length=2",
             f"--config.checkpoint_every={CHECKPOINT_EVERY}",
             "--config.eval_every=8", "--config.log_every=4",
@@ -27,8 +28,7 @@ def _cmd(workdir):
             "--config.validation.horizon=4"]
 
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_DETERMINISTIC_OPS": "1",
-       "CUDA_VISIBLE_DEVICES": ""}
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _latest_checkpoint(workdir):

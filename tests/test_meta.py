@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
 from configs import mnist as mnist_config
 from configs import quadratic as quadratic_config
@@ -96,9 +97,17 @@ def test_meta_gradient_matches_finite_differences():
         assert abs(fd) > 1e-4
 
 
-def test_resume_is_exact(tmp_path):
-    """Stopping after a checkpoint and rerunning gives the same weights."""
+@pytest.fixture
+def op_determinism():
+    """Op determinism for one test only (it breaks unseeded random ops)."""
     tf.config.experimental.enable_op_determinism()
+    yield
+    tf_config.disable_op_determinism()
+
+
+def test_resume_is_exact(tmp_path, op_determinism):
+    """Stopping after a checkpoint and rerunning gives the same weights."""
+    del op_determinism
     straight = meta.MetaTrainer(tiny_quadratic_config(), str(tmp_path / "a"))
     straight.train()
 
@@ -133,6 +142,7 @@ def test_export_records_config_and_best_validation(tmp_path):
     ("problem", "cifar", "`problem` must be one of"),
     ("evaluation.baselines", ("adam", "lbfgs"), "among .*'lbfgs'"),
     ("evaluation.num_seeds", 1, "evaluation.num_seeds` must be an integer"),
+    ("meta.num_iterations", 7, "meta.num_iterations` must be a multiple"),
 ])
 def test_invalid_config_raises_before_work(tmp_path, field, value, message):
     config = tiny_quadratic_config()
@@ -255,3 +265,12 @@ def test_ema_of_phi_is_what_gets_validated_and_exported(tmp_path):
     for n in want:
         np.testing.assert_allclose(exported[n], want[n], rtol=1e-5)
         assert not np.allclose(exported[n], history[-1][n])
+
+
+def test_resuming_another_experiment_is_refused(tmp_path):
+    meta.MetaTrainer(tiny_quadratic_config(), str(tmp_path)).train(until=4)
+    other = tiny_quadratic_config(learning_rate=0.5)
+    with pytest.raises(ValueError, match=r"another experiment.*meta.learning_rate"):
+        meta.MetaTrainer(other, str(tmp_path)).train()
+    longer = tiny_quadratic_config(num_iterations=12)
+    assert meta.MetaTrainer(longer, str(tmp_path)).train().iterations == 12

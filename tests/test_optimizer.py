@@ -135,7 +135,7 @@ def test_shipped_weights_load_by_name():
 
 
 def test_bad_weights_raise_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"weights.*'nope'.*mnist"):
+    with pytest.raises(ValueError, match=r"weights.*mnist.*'nope'"):
         LearnedOptimizer(weights="nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a SavedModel"):

@@ -291,3 +291,20 @@ def test_backup_and_restore_resumes_after_a_crash(weights, tmp_path):
                          verbose=0, callbacks=[backup]).history["loss"]
     np.testing.assert_allclose(resumed, clean[-len(resumed):], rtol=1e-5)
     assert len(resumed) == 2
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(learning_rate=-1), "learning_rate` must be a positive finite"),
+    (dict(learning_rate=float("nan")), "learning_rate` must be a positive"),
+    (dict(routes={"x": {"rule": "adam", "lr": 1}}), r"routes\['x'\]` holds"),
+    (dict(routes={1: "adam"}), "keys must be regular expressions"),
+    (dict(network="x"), "`network` must be a dict"),
+])
+def test_bad_arguments_name_themselves(weights, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LearnedOptimizer(weights=weights, **kwargs)
+
+
+def test_integer_learning_rate_is_accepted(weights):
+    assert LearnedOptimizer(weights=weights, learning_rate=1).get_config()[
+        "learning_rate"] == 1.0

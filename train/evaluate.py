@@ -7,11 +7,13 @@ SavedModel written by train.meta_train. Prints a table and writes
 <workdir>/evaluation.json.
 """
 
+import os
+
 import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from l2l_tf import evaluation, saved_model
+from l2l_tf import evaluation, meta, saved_model
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).",
@@ -27,11 +29,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     tf.get_logger().setLevel("WARNING")  # SavedModel writing is chatty.
-    saved_model.resolve_path(_WEIGHTS.value)  # Fail early on a bad name.
     config = _CONFIG.value
+    meta.validate_config(config)  # Fail before any work on a bad config ...
+    saved_model.resolve_path(_WEIGHTS.value)  # ... or a bad weights name.
     results = evaluation.evaluate_config(
         config, {"learned": _WEIGHTS.value}, _WORKDIR.value)
     print(evaluation.format_table(results))
+    print(f"\nWritten: {os.path.join(_WORKDIR.value, 'evaluation.json')}")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,9 @@ class KerasModel(base.Problem):
     def _loss(self, params, x, y, training):
         y_pred, _ = self.model.stateless_call(params, self._non_trainable, x,
                                               training=training)
-        return tf.cast(self.loss_fn(y, y_pred), tf.float32)
+        # A loss function (from a name) gives per-example values, a Loss
+        # object their mean: the mean either way.
+        return tf.reduce_mean(tf.cast(self.loss_fn(y, y_pred), tf.float32))
 
     def loss(self, params, task, batch):
         del task
