@@ -8,17 +8,35 @@ of optimizees, used as a drop-in Keras optimizer::
     model.compile(optimizer=LearnedOptimizer(), loss=...)
 """
 
+import json as _json
 import os as _os
 
 __version__ = "0.1.0"
 
 _REQUIRED_BACKEND = "tensorflow"
-_env_backend = _os.environ.get("KERAS_BACKEND")
-if _env_backend and _env_backend != _REQUIRED_BACKEND:
+
+
+def _configured_backend():
+    """The backend Keras will pick: KERAS_BACKEND, else keras.json."""
+    if _os.environ.get("KERAS_BACKEND"):
+        return _os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
+    home = _os.environ.get("KERAS_HOME",
+                           _os.path.join(_os.path.expanduser("~"), ".keras"))
+    path = _os.path.join(home, "keras.json")
+    try:
+        with open(path) as f:
+            return _json.load(f).get("backend", _REQUIRED_BACKEND), path
+    except (OSError, ValueError):
+        return _REQUIRED_BACKEND, None
+
+
+_backend, _source = _configured_backend()
+if _backend != _REQUIRED_BACKEND:
     raise ImportError(
         "l2l_tf runs on Keras's TensorFlow backend only. Received: "
-        f"KERAS_BACKEND={_env_backend!r}. Set KERAS_BACKEND=tensorflow "
-        "before importing keras or l2l_tf.")
+        f"backend {_backend!r} (from {_source}"
+        f"{'=' + repr(_backend) if _source == 'KERAS_BACKEND' else ''}). Set "
+        "KERAS_BACKEND=tensorflow before importing keras or l2l_tf.")
 
 import keras as _keras  # pylint: disable=wrong-import-position
 

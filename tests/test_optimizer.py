@@ -211,3 +211,14 @@ def test_import_fails_clearly_under_another_backend():
     assert out.returncode != 0
     assert "KERAS_BACKEND='jax'" in out.stderr
     assert "TensorFlow backend" in out.stderr
+
+
+def test_import_fails_clearly_when_keras_json_names_another_backend(tmp_path):
+    (tmp_path / "keras.json").write_text('{"backend": "jax"}')
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import l2l_tf"], capture_output=True,
+        text=True, cwd=REPO, timeout=120,
+        env={**env, "KERAS_HOME": str(tmp_path)})
+    assert out.returncode != 0
+    assert "backend 'jax'" in out.stderr and "keras.json" in out.stderr
