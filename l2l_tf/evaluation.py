@@ -198,18 +198,15 @@ def format_table(results: dict) -> str:
     horizons = results["horizons"]
     lines = []
     head = f"{'optimizer':<12}" + "".join(
-        f"{'step ' + str(h):>28}" for h in horizons)
+        f"{'step ' + str(h):>22}" + " " * 12 for h in horizons)
     lines += [head, "-" * len(head)]
     for name, entry in results["optimizers"].items():
         row = f"{name:<12}"
         for h in horizons:
             e = entry["per_horizon"][str(h)]
-            cell = f"{e['final_mean']:.4f} +- {e['final_stderr']:.4f}"
-            if entry.get("kind") == "baseline":
-                cell += f" (lr {e['learning_rate']:.3g})"
-            else:
-                cell += " " * 12
-            row += f"{cell:>28}"
+            lr = (f"(lr {e['learning_rate']:.3g})"
+                  if entry.get("kind") == "baseline" else "")
+            row += f"{e['final_mean']:>12.4f} +- {e['final_stderr']:.4f} {lr:<11}"
         lines.append(row)
     verdicts = []
     for key, c in results.get("comparisons", {}).items():
