@@ -14,6 +14,7 @@ from configs import mnist
 
 def get_config():
     config = mnist.get_config()
+    config.seed = 0
     config.problem = "quadratic"
     config.problem_kwargs = ml_collections.ConfigDict(dict(
         dim=10,
