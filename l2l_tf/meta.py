@@ -61,9 +61,9 @@ def validate_config(config):
             f"Received: meta.run_length={m.run_length}, "
             f"meta.unroll_length={m.unroll_length}")
     per_run = m.run_length // m.unroll_length
-    for field in ("meta.num_iterations", "checkpoint_every", "eval_every"):
-        value = m.num_iterations if field == "meta.num_iterations" else (
-            config[field])
+    for field, value in (("meta.num_iterations", m.num_iterations),
+                         ("checkpoint_every", config.checkpoint_every),
+                         ("eval_every", config.eval_every)):
         if value % per_run:
             raise ValueError(
                 f"`{field}` must be a multiple of the unrolls per run "
@@ -159,7 +159,8 @@ class MetaTrainer:
         self.phi = {n: tf.Variable(init_phi[n], name=n.replace("/", "_"))
                     for n in self.names}
         self.num_phi = sum(int(np.prod(v.shape)) for v in self.phi.values())
-        self.meta_opt = networks.Adam(learning_rate=m.learning_rate)
+        # Adam's formulas only: its learning rate is passed at every step.
+        self.meta_opt = networks.Adam()
         self.meta_state = [tf.Variable(tf.zeros(s), trainable=False)
                            for s in self.meta_opt.state_shapes(self.num_phi)]
         self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
