@@ -34,6 +34,35 @@ from absl import logging
 from l2l_tf import evaluation, networks, problems, saved_model, unroll
 
 
+# Config fields added after weights were shipped, with the value that
+# reproduces what came before. Code reads them through `field`, and a saved
+# config (an export's metadata, a workdir's config.json) is compared after
+# `with_defaults`, so configs written before a field existed stay valid.
+CONFIG_DEFAULTS = {}
+
+
+def field(config, dotted: str):
+    """`config`'s value at dotted path `dotted`, or its CONFIG_DEFAULTS value."""
+    node = config
+    for key in dotted.split("."):
+        if key not in node:
+            return CONFIG_DEFAULTS[dotted]
+        node = node[key]
+    return node
+
+
+def with_defaults(saved: dict) -> dict:
+    """A copy of plain-dict config `saved` with missing defaults filled in."""
+    out = json.loads(json.dumps(saved))
+    for dotted, value in CONFIG_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node.setdefault(leaf, json.loads(json.dumps(value)))
+    return out
+
+
 def validate_config(config):
     """Raises ValueError naming the field for every invalid value."""
     m = config.meta
@@ -302,8 +331,9 @@ class MetaTrainer:
         if not os.path.exists(path):
             return
         with open(path) as f:
-            saved = json.load(f)
-        current = json.loads(json.dumps(self.config.to_dict(), default=str))
+            saved = with_defaults(json.load(f))
+        current = with_defaults(
+            json.loads(json.dumps(self.config.to_dict(), default=str)))
         for d in (saved, current):
             d.pop("log_every", None)
             d.pop("evaluation", None)
