@@ -40,6 +40,9 @@ def get_config():
         # Placeholders: None by default, overridable from the command line.
         clip_norm=config_dict.placeholder(float),  # Meta-gradient norm clip.
         ema_decay=config_dict.placeholder(float),  # Polyak average of phi.
+        # Optimizees per meta-iteration (their mean meta-gradient), split
+        # evenly over the replicas of a tf.distribute strategy.
+        num_optimizees=1,
         max_consecutive_skips=10,  # Non-finite meta-steps before a restore.
         init_seed=0,
         init_weights="",       # Shipped name or export path to start from.

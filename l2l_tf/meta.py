@@ -23,6 +23,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import tempfile
 import time
 from typing import Optional
@@ -38,7 +39,9 @@ from l2l_tf import evaluation, networks, problems, saved_model, unroll
 # reproduces what came before. Code reads them through `field`, and a saved
 # config (an export's metadata, a workdir's config.json) is compared after
 # `with_defaults`, so configs written before a field existed stay valid.
-CONFIG_DEFAULTS = {}
+CONFIG_DEFAULTS = {
+    "meta.num_optimizees": 1,
+}
 
 
 def field(config, dotted: str):
@@ -75,10 +78,10 @@ def validate_config(config):
         "log_every": config.log_every,
         "validation.num_seeds": config.validation.num_seeds,
     }
-    for field, value in positive_ints.items():
+    for name, value in positive_ints.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"`{field}` must be a positive integer. "
-                             f"Received: {field}={value!r}")
+            raise ValueError(f"`{name}` must be a positive integer. "
+                             f"Received: {name}={value!r}")
     if m.unroll_length > m.run_length:
         raise ValueError(
             "`meta.unroll_length` must not exceed `meta.run_length`. "
@@ -90,20 +93,20 @@ def validate_config(config):
             f"Received: meta.run_length={m.run_length}, "
             f"meta.unroll_length={m.unroll_length}")
     per_run = m.run_length // m.unroll_length
-    for field, value in (("meta.num_iterations", m.num_iterations),
+    for name, value in (("meta.num_iterations", m.num_iterations),
                          ("checkpoint_every", config.checkpoint_every),
                          ("eval_every", config.eval_every)):
         if value % per_run:
             raise ValueError(
-                f"`{field}` must be a multiple of the unrolls per run "
+                f"`{name}` must be a multiple of the unrolls per run "
                 f"(meta.run_length / meta.unroll_length = {per_run}), so that "
-                f"it falls where a run starts. Received: {field}={value}")
-    for field in ("learning_rate", "final_learning_rate"):
-        value = m[field]
+                f"it falls where a run starts. Received: {name}={value}")
+    for name in ("learning_rate", "final_learning_rate"):
+        value = m[name]
         if not (isinstance(value, numbers.Real) and value > 0
                 and math.isfinite(value)):
-            raise ValueError(f"`meta.{field}` must be a positive number. "
-                             f"Received: meta.{field}={value!r}")
+            raise ValueError(f"`meta.{name}` must be a positive number. "
+                             f"Received: meta.{name}={value!r}")
     if not isinstance(m.max_consecutive_skips, int) or (
             m.max_consecutive_skips <= 0):
         raise ValueError("`meta.max_consecutive_skips` must be a positive "
@@ -113,6 +116,10 @@ def validate_config(config):
     if ema is not None and not (isinstance(ema, numbers.Real) and 0 < ema < 1):
         raise ValueError("`meta.ema_decay` must be in (0, 1) or None. "
                          f"Received: meta.ema_decay={ema!r}")
+    k = field(config, "meta.num_optimizees")
+    if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+        raise ValueError("`meta.num_optimizees` must be a positive integer. "
+                         f"Received: meta.num_optimizees={k!r}")
     if m.clip_norm is not None and not m.clip_norm > 0:
         raise ValueError("`meta.clip_norm` must be positive or None. "
                          f"Received: meta.clip_norm={m.clip_norm!r}")
@@ -122,11 +129,11 @@ def validate_config(config):
             raise ValueError(
                 f"`evaluation.baselines` entries must be among "
                 f"{list(networks.BASELINES)}. Received: {name!r}")
-    for field in ("num_seeds", "num_tuning_seeds"):
-        if not isinstance(e[field], int) or e[field] < 2:
-            raise ValueError(f"`evaluation.{field}` must be an integer >= 2 "
+    for name in ("num_seeds", "num_tuning_seeds"):
+        if not isinstance(e[name], int) or e[name] < 2:
+            raise ValueError(f"`evaluation.{name}` must be an integer >= 2 "
                              "(a standard error needs two seeds). Received: "
-                             f"evaluation.{field}={e[field]!r}")
+                             f"evaluation.{name}={e[name]!r}")
     if not e.horizons or any(not isinstance(h, int) or h <= 0
                              for h in e.horizons):
         raise ValueError("`evaluation.horizons` must hold positive integers. "
@@ -152,6 +159,19 @@ def _diff(a, b, prefix=""):
     return out
 
 
+def _chief_and_worker(strategy):
+    """(whether this process writes the workdir, its worker index)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type:
+        return True, 0
+    task_id = int(resolver.task_id or 0)
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    is_chief = task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and not has_chief)
+    return is_chief, task_id if task_type == "worker" else -1
+
+
 @dataclasses.dataclass
 class Result:
     iterations: int
@@ -164,10 +184,23 @@ class Result:
 class MetaTrainer:
     """Meta-trains a CoordinatewiseLSTM on `config` (see configs/)."""
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str,
+                 strategy: Optional[tf.distribute.Strategy] = None):
         validate_config(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)
+        # K optimizees per meta-iteration, K / R on each of R replicas; the
+        # meta-gradient is their mean, all-reduced across replicas.
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.num_optimizees = field(config, "meta.num_optimizees")
+        replicas = self.strategy.num_replicas_in_sync
+        if self.num_optimizees % replicas:
+            raise ValueError(
+                "`meta.num_optimizees` must be a multiple of the number of "
+                f"replicas ({replicas} under {type(self.strategy).__name__}). "
+                f"Received: meta.num_optimizees={self.num_optimizees}")
+        self.local_optimizees = self.num_optimizees // replicas
+        self.is_chief, worker = _chief_and_worker(self.strategy)
         self.rule = networks.CoordinatewiseLSTM(**dict(config.network))
         self.problem = problems.from_config(config, "train")
         self.val_problem = problems.from_config(config, "validation")
@@ -185,8 +218,9 @@ class MetaTrainer:
         else:
             init_phi = self.rule.init_phi(m.init_seed)
         self.names = list(self.rule.phi_shapes())
-        self.phi = {n: tf.Variable(init_phi[n], name=n.replace("/", "_"))
-                    for n in self.names}
+        with self.strategy.scope():  # Mirrored: read by every replica.
+            self.phi = {n: tf.Variable(init_phi[n], name=n.replace("/", "_"))
+                        for n in self.names}
         self.num_phi = sum(int(np.prod(v.shape)) for v in self.phi.values())
         # Adam's formulas only: its learning rate is passed at every step.
         self.meta_opt = networks.Adam()
@@ -210,8 +244,13 @@ class MetaTrainer:
             iteration=self.iteration, best_validation=self.best_validation,
             skipped_steps=self.skipped_steps, lr_scale=self.lr_scale,
             **({"phi_ema": self.phi_ema} if self.phi_ema else {}))
+        # Every worker saves (saving may take part in collectives); only the
+        # chief into the workdir, the others into scratch folders. All of them
+        # restore from the chief's checkpoints (the workdir must be shared).
+        self.checkpoint_dir = os.path.join(self.workdir, "checkpoints")
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.workdir, "checkpoints"),
+            self.checkpoint, self.checkpoint_dir if self.is_chief else
+            os.path.join(self.workdir, f".worker_{worker}", "checkpoints"),
             max_to_keep=3)
         self.max_skips = int(m.max_consecutive_skips)
         self._meta_step = tf.function(self._meta_step_impl)
@@ -220,43 +259,77 @@ class MetaTrainer:
 
     # -- the compiled meta-iteration ---------------------------------------
 
-    def _meta_step_impl(self, params, state, task, step0, learning_rate):
+    def _local_step(self, params, state, task, step0):
+        """One replica's share: its optimizees' unrolls and meta-gradient.
+
+        Returns (sum over its optimizees of the meta-loss, the flat gradient
+        of that sum, their parameters and states at the unroll's end).
+        """
+        phi = [self.phi[n] for n in self.names]
         with tf.GradientTape() as tape:
-            total, params, state = unroll.unroll(
-                self.rule, self.phi, self.problem, params, state, task, step0,
-                self.unroll_length)
-            meta_loss = total / self.unroll_length
-        grads = tape.gradient(meta_loss, [self.phi[n] for n in self.names])
-        flat = unroll.flatten(grads)
+            total = 0.0
+            new_params, new_state = [], []
+            for j in range(self.local_optimizees):
+                loss_j, params_j, state_j = unroll.unroll(
+                    self.rule, self.phi, self.problem, params[j], state[j],
+                    task[j], step0, self.unroll_length)
+                total += loss_j / self.unroll_length
+                new_params.append([tf.stop_gradient(p) for p in params_j])
+                new_state.append(tuple(tf.stop_gradient(x) for x in state_j))
+        grads = tape.gradient(total, phi)
+        return total, unroll.flatten(grads), new_params, new_state
+
+    def _meta_step_impl(self, params, state, task, step0, learning_rate):
+        total, flat, params, state = self.strategy.run(
+            self._local_step, args=(params, state, task, step0))
+        k = float(self.num_optimizees)
+        total_sum = tf.distribute.ReduceOp.SUM
+        meta_loss = self.strategy.reduce(total_sum, total, axis=None) / k
+        flat = self.strategy.reduce(total_sum, flat, axis=None) / k
         norm = tf.norm(flat)
         ok = tf.math.is_finite(meta_loss) & tf.math.is_finite(norm)
         clip = self.config.meta.clip_norm
         if clip:
             flat = flat * tf.minimum(1.0, clip / tf.maximum(norm, 1e-12))
+        # A non-finite meta-step changes nothing (selects, not tf.cond, so the
+        # mirrored variables are updated the same way on every replica).
+        updates, new_state = self.meta_opt.step(
+            {"learning_rate": learning_rate}, flat, tuple(self.meta_state))
+        phi = [self.phi[n] for n in self.names]
+        for v, u in zip(phi, unroll.unflatten(updates, phi)):
+            v.assign_add(tf.where(ok, u, tf.zeros_like(u)))
+        for v, x in zip(self.meta_state, new_state):
+            v.assign(tf.where(ok, x, v))
+        if self.phi_ema:
+            d = self.ema_decay
+            for n in self.names:
+                avg = self.phi_ema[n]
+                avg.assign(tf.where(ok, d * avg + (1.0 - d) * self.phi[n],
+                                    avg))
+        self.skipped_steps.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+        return meta_loss, params, state, norm, ok
 
-        def apply():
-            updates, new_state = self.meta_opt.step(
-                {"learning_rate": learning_rate}, flat, tuple(self.meta_state))
-            for v, u in zip([self.phi[n] for n in self.names],
-                            unroll.unflatten(updates, grads)):
-                v.assign_add(u)
-            for v, s in zip(self.meta_state, new_state):
-                v.assign(s)
-            if self.phi_ema:
-                d = self.ema_decay
-                for n in self.names:
-                    self.phi_ema[n].assign(d * self.phi_ema[n]
-                                           + (1.0 - d) * self.phi[n])
-            return tf.constant(True)
+    def draw(self, run: int):
+        """The optimizees of run `run`: (params, state, task), each a list of
+        this replica's K / R optimizees (per-replica values if distributed).
 
-        def skip():
-            self.skipped_steps.assign_add(1)
-            return tf.constant(False)
+        Optimizee j of run r is drawn from seed index r * K + j, so K = 1
+        draws the same optimizees as before num_optimizees existed.
+        """
+        k, local = self.num_optimizees, self.local_optimizees
 
-        applied = tf.cond(ok, apply, skip)
-        params = [tf.stop_gradient(p) for p in params]
-        state = tuple(tf.stop_gradient(s) for s in state)
-        return meta_loss, params, state, norm, applied
+        def value_fn(ctx):
+            params, states, tasks = [], [], []
+            for j in range(local):
+                index = run * k + ctx.replica_id_in_sync_group * local + j
+                p, t = self.problem.init(self.run_seed(index))
+                params.append(p)
+                tasks.append(t)
+                states.append(self.rule.init_state(self.problem.num_params))
+            return params, states, tasks
+
+        return self.strategy.experimental_distribute_values_from_function(
+            value_fn)
 
     # -- helpers -------------------------------------------------------------
 
@@ -271,8 +344,9 @@ class MetaTrainer:
         """Restores the last good checkpoint (or the initial weights) and
         halves the meta learning rate; returns the iteration to go on from."""
         scale = float(self.lr_scale.numpy()) / 2
-        if self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint)
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest:
+            self.checkpoint.restore(latest)
         else:
             for n in self.names:
                 self.phi[n].assign(self._initial_phi[n])
@@ -288,10 +362,11 @@ class MetaTrainer:
             self.max_skips, int(self.iteration.numpy()), scale)
         return int(self.iteration.numpy())
 
-    def run_seed(self, run: int) -> tf.Tensor:
+    def run_seed(self, index: int) -> tf.Tensor:
+        """The seed of the `index`-th optimizee drawn in meta-training."""
         return problems.fold_in(
             problems.seed_pair(self.config.seed + evaluation.TRAIN_SEED_BASE),
-            run)
+            index)
 
     def phi_numpy(self):
         return {n: v.numpy() for n, v in self.phi.items()}
@@ -312,6 +387,8 @@ class MetaTrainer:
             float("inf"))
 
     def export(self, name: str, validation_loss: float) -> str:
+        if not self.is_chief:  # The chief writes the exports.
+            return os.path.join(self.workdir, name)
         return saved_model.export(
             os.path.join(self.workdir, name), self.rule,
             {n: v.numpy() for n, v in self._evaluated_phi().items()},
@@ -359,18 +436,20 @@ class MetaTrainer:
                              f"`checkpoint_every` ({config.checkpoint_every})."
                              f" Received: until={until!r}")
         os.makedirs(self.workdir, exist_ok=True)
-        for name in ("export", "export_last"):
-            saved_model.recover(os.path.join(self.workdir, name))
-        if self.manager.latest_checkpoint:
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest:
             self._check_same_experiment()
-        fd, tmp = tempfile.mkstemp(dir=self.workdir, prefix=".config.json.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(config.to_dict(), f, indent=2, default=str)
-        os.replace(tmp, os.path.join(self.workdir, "config.json"))
-        if self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint)
-            logging.info("Resumed from %s at iteration %d.",
-                         self.manager.latest_checkpoint,
+        if self.is_chief:
+            for name in ("export", "export_last"):
+                saved_model.recover(os.path.join(self.workdir, name))
+            fd, tmp = tempfile.mkstemp(dir=self.workdir,
+                                       prefix=".config.json.")
+            with os.fdopen(fd, "w") as f:
+                json.dump(config.to_dict(), f, indent=2, default=str)
+            os.replace(tmp, os.path.join(self.workdir, "config.json"))
+        if latest:
+            self.checkpoint.restore(latest)
+            logging.info("Resumed from %s at iteration %d.", latest,
                          int(self.iteration.numpy()))
         start_it = int(self.iteration.numpy())
         total = config.meta.num_iterations
@@ -383,8 +462,7 @@ class MetaTrainer:
         while it < stop:
             run, k = divmod(it, self.unrolls_per_run)
             if k == 0:
-                params, task = self.problem.init(self.run_seed(run))
-                state = self.rule.init_state(self.problem.num_params)
+                params, state, task = self.draw(run)
             elif params is None:  # Checkpoints are only taken where k == 0.
                 raise RuntimeError(f"Cannot resume at iteration {it}: it is "
                                    "in the middle of an optimizee's run.")
@@ -427,6 +505,9 @@ class MetaTrainer:
                     time.strftime("%H:%M:%S", time.gmtime(eta)))
                 window = []
         best = float(self.best_validation.numpy())
+        if not self.is_chief:
+            shutil.rmtree(os.path.dirname(self.manager.directory),
+                          ignore_errors=True)
         if stop < total:
             return Result(iterations=stop, best_validation=best,
                           export_dir=None, export_last_dir="",

@@ -37,8 +37,7 @@ def test_every_weight_changes_after_one_meta_step(tmp_path):
     trainer = meta.MetaTrainer(tiny_quadratic_config(), str(tmp_path))
     before = trainer.phi_numpy()
     assert sum(v.size for v in before.values()) == 5141
-    params, task = trainer.problem.init(trainer.run_seed(0))
-    state = trainer.rule.init_state(trainer.problem.num_params)
+    params, state, task = trainer.draw(0)
     loss, _, _, norm, applied = trainer._meta_step(
         params, state, task, tf.constant(0), tf.constant(1e-3))
     assert bool(applied) and np.isfinite(float(loss)) and float(norm) > 0
@@ -143,6 +142,7 @@ def test_export_records_config_and_best_validation(tmp_path):
     ("evaluation.baselines", ("adam", "lbfgs"), "among .*'lbfgs'"),
     ("evaluation.num_seeds", 1, "evaluation.num_seeds` must be an integer"),
     ("meta.num_iterations", 7, "meta.num_iterations` must be a multiple"),
+    ("meta.num_optimizees", 0, "meta.num_optimizees` must be a positive"),
 ])
 def test_invalid_config_raises_before_work(tmp_path, field, value, message):
     config = tiny_quadratic_config()

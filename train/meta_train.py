@@ -5,6 +5,11 @@
 Rerunning the same command resumes from the last checkpoint in --workdir.
 Override any config field with --config.FIELD=VALUE, for example
 --config.meta.num_iterations=100.
+
+On several devices, --strategy=mirrored splits config.meta.num_optimizees
+over this machine's GPUs; --strategy=multi_worker over the hosts that the
+TF_CONFIG environment variable lists (one process per host, the same
+command and a shared --workdir; BUILD.md gives an example).
 """
 
 import os
@@ -26,7 +31,24 @@ _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False,
     "Enable TensorFlow op determinism: reruns, and runs resumed after a "
     "crash, give bitwise-equal weights (about 1.5x slower on MNIST here).")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", "default", ["default", "mirrored", "multi_worker"],
+    "tf.distribute strategy: 'default' (one device), 'mirrored' (all local "
+    "GPUs, or the CPU if there are none) or 'multi_worker' (the cluster in "
+    "TF_CONFIG).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise app.UsageError(
+                "--strategy=multi_worker needs the TF_CONFIG environment "
+                "variable (see BUILD.md).")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 def main(argv):
@@ -36,12 +58,14 @@ def main(argv):
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
     config = _CONFIG.value
-    trainer = meta.MetaTrainer(config, _WORKDIR.value)
+    meta.validate_config(config)  # Before a cluster is waited for.
+    strategy = make_strategy(_STRATEGY.value)
+    trainer = meta.MetaTrainer(config, _WORKDIR.value, strategy=strategy)
     result = trainer.train()
     logging.info("Meta-training done in %.0f s; best validation loss %.4f; "
                  "export: %s", result.seconds, result.best_validation,
                  result.export_dir)
-    if _EVALUATE.value:
+    if _EVALUATE.value and trainer.is_chief:
         weights = result.export_dir or result.export_last_dir
         results = evaluation.evaluate_config(
             config, {"learned": weights}, _WORKDIR.value)
