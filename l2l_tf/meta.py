@@ -453,9 +453,14 @@ class MetaTrainer:
                          int(self.iteration.numpy()))
         start_it = int(self.iteration.numpy())
         total = config.meta.num_iterations
-        start_time = time.time()
+        start_time = last_time = time.time()
+        last_it = start_it
+        # TensorBoard: `tensorboard --logdir=WORKDIR/tensorboard`.
+        writer = (tf.summary.create_file_writer(
+            os.path.join(self.workdir, "tensorboard")) if self.is_chief
+            else tf.summary.create_noop_writer())
         params = state = task = None
-        window = []
+        window, norms = [], []
         stop = total if until is None else min(until, total)
         consecutive_skips = 0
         it = start_it
@@ -482,6 +487,7 @@ class MetaTrainer:
             else:
                 consecutive_skips = 0
                 window.append(float(meta_loss))
+                norms.append(float(norm))
             it = done = it + 1
             last = done == total
             val = None
@@ -493,17 +499,31 @@ class MetaTrainer:
             if done % config.checkpoint_every == 0 or last:
                 self.manager.save(checkpoint_number=done)
             if done % config.log_every == 0 or last or val is not None:
-                elapsed = time.time() - start_time
-                rate = (done - start_it) / max(elapsed, 1e-9)
+                now = time.time()
+                rate = (done - last_it) / max(now - last_time, 1e-9)
+                last_time, last_it = now, done
                 eta = (total - done) / max(rate, 1e-9)
+                mean_loss = float(np.mean(window)) if window else float("nan")
                 logging.info(
                     "iter %d/%d  meta-loss %.4f  val %s  best val %.4f  "
-                    "%.1f it/s  ETA %s", done, total,
-                    float(np.mean(window)) if window else float("nan"),
+                    "%.1f it/s  ETA %s", done, total, mean_loss,
                     "-" if val is None else f"{val:.4f}",
                     float(self.best_validation.numpy()), rate,
                     time.strftime("%H:%M:%S", time.gmtime(eta)))
-                window = []
+                with writer.as_default(step=done):
+                    if window:  # Means since the last point written.
+                        tf.summary.scalar("meta_loss", mean_loss)
+                        tf.summary.scalar("meta_gradient_norm",
+                                          float(np.mean(norms)))
+                    if val is not None:
+                        tf.summary.scalar("validation_loss", val)
+                    tf.summary.scalar("iterations_per_second", rate)
+                    tf.summary.scalar("meta_learning_rate",
+                                      self.learning_rate(done - 1))
+                    tf.summary.scalar("skipped_meta_steps",
+                                      int(self.skipped_steps.numpy()))
+                window, norms = [], []
+        writer.flush()
         best = float(self.best_validation.numpy())
         if not self.is_chief:
             shutil.rmtree(os.path.dirname(self.manager.directory),

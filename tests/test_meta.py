@@ -274,3 +274,46 @@ def test_resuming_another_experiment_is_refused(tmp_path):
         meta.MetaTrainer(other, str(tmp_path)).train()
     longer = tiny_quadratic_config(num_iterations=12)
     assert meta.MetaTrainer(longer, str(tmp_path)).train().iterations == 12
+
+
+def _scalars(logdir):
+    """{tag: {step: value}} of the scalar summaries under `logdir`."""
+    out = {}
+    for root, _, files in os.walk(logdir):
+        for name in files:
+            for event in tf.compat.v1.train.summary_iterator(
+                    os.path.join(root, name)):
+                for value in event.summary.value:
+                    out.setdefault(value.tag, {})[event.step] = float(
+                        tf.make_ndarray(value.tensor))
+    return out
+
+
+def test_tensorboard_scalars(tmp_path):
+    config = tiny_quadratic_config()
+    trainer = meta.MetaTrainer(config, str(tmp_path))
+    logged = []
+    real_step = trainer._meta_step
+
+    def recording_step(*args):
+        out = real_step(*args)
+        logged.append((float(out[0]), float(out[3])))
+        return out
+
+    trainer._meta_step = recording_step
+    result = trainer.train()
+    scalars = _scalars(str(tmp_path / "tensorboard"))
+    assert {"meta_loss", "meta_gradient_norm", "validation_loss",
+            "iterations_per_second", "meta_learning_rate",
+            "skipped_meta_steps"} <= set(scalars)
+    # log_every = 2, eval_every = 4, 10 iterations: points at 2, 4, ..., 10.
+    assert sorted(scalars["meta_loss"]) == [2, 4, 6, 8, 10]
+    losses, norms = np.array(logged).T
+    assert scalars["meta_loss"][4] == pytest.approx(np.mean(losses[2:4]),
+                                                    rel=1e-6)
+    assert scalars["meta_gradient_norm"][10] == pytest.approx(
+        np.mean(norms[8:10]), rel=1e-6)
+    assert sorted(scalars["validation_loss"]) == [4, 8, 10]
+    assert min(scalars["validation_loss"].values()) == pytest.approx(
+        result.best_validation, rel=1e-6)
+    assert all(v > 0 for v in scalars["iterations_per_second"].values())
