@@ -32,7 +32,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from l2l_tf import evaluation, networks, problems, saved_model, unroll
+from l2l_tf import (evaluation, grouped, networks, problems, saved_model,
+                    unroll)
 
 
 # Config fields added after weights were shipped, with the value that
@@ -41,6 +42,9 @@ from l2l_tf import evaluation, networks, problems, saved_model, unroll
 # `with_defaults`, so configs written before a field existed stay valid.
 CONFIG_DEFAULTS = {
     "meta.num_optimizees": 1,
+    # ((group, regex on parameter names), ...): one network per group
+    # (grouped.Grouped); empty: one network for every parameter.
+    "network_groups": (),
 }
 
 
@@ -142,6 +146,9 @@ def validate_config(config):
             config.validation.horizon <= 0):
         raise ValueError("`validation.horizon` must be a positive integer. "
                          f"Received: {config.validation.horizon!r}")
+    groups = field(config, "network_groups")
+    if groups:
+        grouped.validate_groups(groups)
     if config.problem not in problems.PROBLEMS:
         raise ValueError(f"`problem` must be one of {list(problems.PROBLEMS)}"
                          f". Received: problem={config.problem!r}")
@@ -201,8 +208,13 @@ class MetaTrainer:
                 f"Received: meta.num_optimizees={self.num_optimizees}")
         self.local_optimizees = self.num_optimizees // replicas
         self.is_chief, worker = _chief_and_worker(self.strategy)
-        self.rule = networks.CoordinatewiseLSTM(**dict(config.network))
         self.problem = problems.from_config(config, "train")
+        groups = field(config, "network_groups")
+        if groups:  # One network per group of parameters (paper, Sec. 3.3).
+            self.rule = grouped.Grouped(groups, dict(config.network)).bind(
+                self.problem)
+        else:
+            self.rule = networks.CoordinatewiseLSTM(**dict(config.network))
         self.val_problem = problems.from_config(config, "validation")
         m = config.meta
         self.unroll_length = m.unroll_length
@@ -210,6 +222,12 @@ class MetaTrainer:
 
         if m.init_weights:
             init_rule, init_phi, _ = saved_model.load(m.init_weights)
+            if groups and isinstance(init_rule,
+                                     networks.CoordinatewiseLSTM):
+                # One network's weights start every group's network.
+                init_phi = {f"{g}/{k}": v for g in self.rule.nets
+                            for k, v in init_phi.items()}
+                init_rule = grouped.Grouped(groups, init_rule.get_config())
             if init_rule.get_config() != self.rule.get_config():
                 raise ValueError(
                     "`meta.init_weights` holds a network of another shape: "

@@ -123,13 +123,84 @@ def recover(path: str):
             shutil.rmtree(full, ignore_errors=True)
 
 
-def export(path: str, rule: networks.CoordinatewiseLSTM,
-           phi: Dict[str, np.ndarray], config: Optional[dict] = None,
+GROUPS_FILE = "groups.json"
+
+
+def export(path: str, rule, phi: Dict[str, np.ndarray],
+           config: Optional[dict] = None,
            extra: Optional[dict] = None) -> str:
-    """Writes `phi` of `rule` as a SavedModel at `path`, atomically."""
+    """Writes `phi` of `rule` as a SavedModel at `path`, atomically.
+
+    A `grouped.Grouped` rule is written as a folder holding one complete
+    export per group (`path/<group>/`, each loadable on its own) and
+    `groups.json` (the groups, in order, and the metadata).
+    """
+    from l2l_tf import grouped  # pylint: disable=import-outside-toplevel
+    if isinstance(rule, grouped.Grouped):
+        return _export_grouped(path, rule, phi, config, extra)
     if not isinstance(rule, networks.CoordinatewiseLSTM):
-        raise TypeError("Only a CoordinatewiseLSTM can be exported. "
-                        f"Received: rule={rule!r}")
+        raise TypeError("Only a CoordinatewiseLSTM or a Grouped rule can be "
+                        f"exported. Received: rule={rule!r}")
+    _checked(rule, phi)  # Before anything is written.
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-",
+                           dir=parent)
+    try:
+        _write(tmp, rule, phi, _metadata(rule, config, extra))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _metadata(rule, config, extra):
+    from l2l_tf import __version__  # pylint: disable=import-outside-toplevel
+    return {
+        "format_version": FORMAT_VERSION,
+        "l2l_tf_version": __version__,
+        "network": rule.get_config(),
+        "config": config or {},
+        "git_commit": git_commit(),
+        **(extra or {}),
+    }
+
+
+def _export_grouped(path, rule, phi, config, extra):
+    _checked(rule, phi)  # Before anything is written.
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-",
+                           dir=parent)
+    try:
+        metadata = _metadata(rule, config, extra)
+        for group, sub_phi in rule.split_phi(phi).items():
+            net = rule.nets[group]
+            _write(os.path.join(tmp, group), net, sub_phi,
+                   dict(_metadata(net, config, extra), group=group))
+        with open(os.path.join(tmp, GROUPS_FILE), "w") as f:
+            json.dump(metadata, f, indent=2)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _write(folder: str, rule: networks.CoordinatewiseLSTM, phi, metadata):
+    """Saves the SavedModel into new folder `folder`."""
+    phi = _checked(rule, phi)
+    module = _Export(rule, phi, metadata)
+    tf.saved_model.save(module, folder, signatures={
+        "step": module.step, "initial_state": module.initial_state})
+
+
+def _checked(rule, phi):
+    """`phi` as float32 arrays; ValueError on a missing, misshapen or
+    non-finite weight."""
     phi = {k: np.asarray(v, np.float32) for k, v in phi.items()}
     for name, shape in rule.phi_shapes().items():
         if name not in phi or phi[name].shape != tuple(shape):
@@ -139,29 +210,7 @@ def export(path: str, rule: networks.CoordinatewiseLSTM,
         if not np.all(np.isfinite(phi[name])):
             raise ValueError(f"`phi[{name!r}]` holds non-finite values; "
                              "refusing to export them.")
-    from l2l_tf import __version__  # pylint: disable=import-outside-toplevel
-    metadata = {
-        "format_version": FORMAT_VERSION,
-        "l2l_tf_version": __version__,
-        "network": rule.get_config(),
-        "config": config or {},
-        "git_commit": git_commit(),
-        **(extra or {}),
-    }
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-",
-                           dir=parent)
-    try:
-        module = _Export(rule, phi, metadata)
-        tf.saved_model.save(module, tmp, signatures={
-            "step": module.step, "initial_state": module.initial_state})
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return phi
 
 
 def resolve_path(weights: str) -> str:
@@ -179,7 +228,8 @@ def resolve_path(weights: str) -> str:
             f"`weights` must be one of the shipped names {pretrained_names()} "
             f"or the path of a SavedModel. Received: weights={weights!r}, "
             "which is neither.")
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")) and (
+            not os.path.isfile(os.path.join(path, GROUPS_FILE))):
         raise ValueError(
             f"`weights` path {weights!r} is not a SavedModel (no "
             "saved_model.pb inside); pass the `export` folder written by "
@@ -195,6 +245,17 @@ def load(weights: str) -> Tuple[networks.CoordinatewiseLSTM,
     kept, so the result works in any context (tf.distribute, XLA).
     """
     path = resolve_path(weights)
+    if os.path.isfile(os.path.join(path, GROUPS_FILE)):
+        from l2l_tf import grouped  # pylint: disable=import-outside-toplevel
+        with open(os.path.join(path, GROUPS_FILE)) as f:
+            metadata = json.load(f)
+        rule = grouped.Grouped(metadata["network"]["groups"],
+                               metadata["network"]["network"])
+        phi = {}
+        for group in rule.nets:
+            _, sub_phi, _ = load(os.path.join(path, group))
+            phi.update({f"{group}/{k}": v for k, v in sub_phi.items()})
+        return rule, phi, metadata
     loaded = tf.saved_model.load(path)
     if not hasattr(loaded, "metadata") or not hasattr(loaded, "phi"):
         raise ValueError(f"`weights` path {weights!r} is a SavedModel but not "

@@ -75,6 +75,9 @@ def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
     new learning rates or seeds never retrace.
     """
 
+    if hasattr(rule, "bind"):  # Grouped networks: assign coordinates.
+        rule = rule.bind(problem)
+
     @tf.function(reduce_retracing=True)
     def _run(phi, params, task):
         state = rule.init_state(sum(p.shape.num_elements() for p in params))

@@ -42,6 +42,11 @@ class Problem(abc.ABC):
         always gives the same optimizee.
         """
 
+    def param_names(self) -> Sequence[str]:
+        """A name for each parameter tensor, in order (unique); rules that
+        treat parameters differently (grouped networks, routes) match them."""
+        return [f"param_{i}" for i in range(len(self.param_shapes()))]
+
     def batch(self, task, step) -> Any:
         """The data used at step `step` (an int or scalar int tensor)."""
         del task, step

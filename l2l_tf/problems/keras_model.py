@@ -86,6 +86,10 @@ class KerasModel(base.Problem):
     def param_shapes(self):
         return [tuple(v.shape) for v in self.model.trainable_variables]
 
+    def param_names(self):
+        """The trainable variables' Keras paths (e.g. "conv2d/kernel")."""
+        return [v.path for v in self.model.trainable_variables]
+
     def init(self, seed):
         pair = base.seed_pair(seed)
         keras.utils.set_random_seed(int(np.asarray(pair)[0]) % (2**31 - 1))

@@ -75,6 +75,12 @@ class MLP(base.Problem):
             width = h
         return shapes
 
+    def param_names(self):
+        """"dense_<l>/kernel" and "dense_<l>/bias" for each layer l."""
+        return [f"dense_{l}/{kind}"
+                for l in range(len(self.hidden_sizes) + 1)
+                for kind in ("kernel", "bias")]
+
     def init(self, seed):
         seed = base.seed_pair(seed)
         params = [
