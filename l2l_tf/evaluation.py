@@ -220,14 +220,17 @@ def format_table(results: dict) -> str:
 
 
 def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
-                    = None) -> dict:
+                    = None, extra: Optional[dict] = None) -> dict:
     """Evaluates exported weights on the problem of `config` (test split).
 
     Args:
       config: an experiment config (configs/*.py); its `evaluation` fields set
         horizons, seeds and baselines.
       weights: display name -> shipped name or SavedModel path.
-      workdir: where `evaluation.json` is written (atomically); None: nowhere.
+      workdir: where `evaluation.json` and the loss curves (`curves_<h>.png`
+        for each horizon h, log scale) are written (atomically); None:
+        nowhere.
+      extra: JSON-ready fields added to the results before they are written.
     """
     e = config.evaluation
     learned = {}
@@ -242,10 +245,17 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
     results["problem"] = config.problem
     results["split"] = "test"
     results["weights"] = {k: str(v) for k, v in weights.items()}
+    results.update(extra or {})
     if workdir:
         os.makedirs(workdir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".evaluation.json.")
         with os.fdopen(fd, "w") as f:
             json.dump(results, f)
         os.replace(tmp, os.path.join(workdir, "evaluation.json"))
+        from l2l_tf import figures  # matplotlib only where figures are drawn.
+        for h in e.horizons:
+            figures.loss_curves(
+                results, os.path.join(workdir, f"curves_{h}.png"),
+                title=f"{config.problem} (test split), {e.num_seeds} seeds",
+                horizon=h)
     return results
