@@ -18,7 +18,6 @@ import tensorflow as tf
 from l2l_tf import meta, unroll
 from tests.test_meta import REPO, tiny_quadratic_config
 
-TWO_CPUS = ["/cpu:0", "/cpu:1"]
 
 
 def _config(k, num_iterations=6):
@@ -57,10 +56,10 @@ def test_one_optimizee_draws_the_runs_of_before(tmp_path):
     np.testing.assert_array_equal(params[0][0].numpy(), want[0].numpy())
 
 
-def test_mirrored_strategy_equals_single_device(tmp_path):
+def test_mirrored_strategy_equals_single_device(tmp_path, two_cpu_strategy):
     single = meta.MetaTrainer(_config(2), str(tmp_path / "single"))
     single.train()
-    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+    strategy = two_cpu_strategy
     mirrored = meta.MetaTrainer(_config(2), str(tmp_path / "mirrored"),
                                 strategy=strategy)
     assert mirrored.local_optimizees == 1
@@ -75,8 +74,9 @@ def test_mirrored_strategy_equals_single_device(tmp_path):
                            single.phi_numpy()["lstm_0/kernel"], rtol=1e-3)
 
 
-def test_optimizees_must_split_evenly_over_replicas(tmp_path):
-    strategy = tf.distribute.MirroredStrategy(TWO_CPUS)
+def test_optimizees_must_split_evenly_over_replicas(tmp_path,
+                                                   two_cpu_strategy):
+    strategy = two_cpu_strategy
     with pytest.raises(ValueError, match=r"multiple of the number of "
                        r"replicas \(2.*num_optimizees=3"):
         meta.MetaTrainer(_config(3), str(tmp_path / "w"), strategy=strategy)

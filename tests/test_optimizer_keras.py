@@ -1,5 +1,7 @@
 """LearnedOptimizer inside Keras: faults, dtypes, shapes, strategies, XLA."""
 
+import collections
+
 import keras
 import numpy as np
 import pytest
@@ -138,10 +140,8 @@ def test_jit_compile_gives_the_same_losses(weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_mirrored_strategy_matches_single_device(weights):
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    assert len(devices) == 2, devices
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_mirrored_strategy_matches_single_device(weights, two_cpu_strategy):
+    strategy = two_cpu_strategy
     assert strategy.num_replicas_in_sync == 2
     single, w_single = _fit_losses(weights)
     mirrored, w_mirrored = _fit_losses(weights, strategy=strategy)
@@ -308,3 +308,125 @@ def test_bad_arguments_name_themselves(weights, kwargs, message):
 def test_integer_learning_rate_is_accepted(weights):
     assert LearnedOptimizer(weights=weights, learning_rate=1).get_config()[
         "learning_rate"] == 1.0
+
+
+def _one_update(weights, grads, **kwargs):
+    """The variables after one apply of `grads` to ones-initialized variables."""
+    variables = [keras.Variable(np.ones(g.shape, np.float32)) for g in grads]
+    opt = LearnedOptimizer(weights=weights, **kwargs)
+    opt.apply_gradients(zip(grads, variables))
+    return [v.numpy() for v in variables]
+
+
+def test_clipping_arguments_clip_as_for_adam(weights):
+    """clipnorm, clipvalue and global_clipnorm clip the gradient the LSTM
+    sees exactly as Keras clips Adam's: compared with an unclipped optimizer
+    fed the gradient clipped by hand."""
+    g1 = tf.constant([3.0, -4.0])              # norm 5
+    g2 = tf.constant([[0.5, 12.0], [0.0, 0.0]])  # norm ~12.01
+    # clipnorm: each gradient to norm <= 1, separately.
+    want = _one_update(weights, [g1 / 5.0, g2 / tf.norm(g2)])
+    got = _one_update(weights, [g1, g2], clipnorm=1.0)
+    # clipvalue: each entry into [-0.6, 0.6].
+    want_v = _one_update(weights, [tf.clip_by_value(g, -0.6, 0.6)
+                                   for g in (g1, g2)])
+    got_v = _one_update(weights, [g1, g2], clipvalue=0.6)
+    # global_clipnorm: both together to a joint norm of 2.
+    joint = float(np.sqrt(25.0 + 0.25 + 144.0))
+    want_g = _one_update(weights, [g1 * 2.0 / joint, g2 * 2.0 / joint])
+    got_g = _one_update(weights, [g1, g2], global_clipnorm=2.0)
+    for a, b in zip(got + got_v + got_g, want + want_v + want_g):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # And the clipping mattered: unclipped updates differ.
+    plain = _one_update(weights, [g1, g2])
+    assert not np.allclose(plain[0], got[0])
+    # Keras's own rule for Adam: the same clipped gradients.
+    adam = keras.optimizers.Adam(clipnorm=1.0)
+    np.testing.assert_allclose(adam._clip_gradients([g1])[0].numpy(),
+                               (g1 / 5.0).numpy(), rtol=1e-6)
+
+
+def test_loss_scale_factor_divides_the_gradients_back(weights):
+    """With loss_scale_factor s, Keras scales the loss by s and the optimizer
+    divides the gradients by s before the update: gradients of s * loss give
+    the update of the unscaled gradients."""
+    g = tf.constant([0.3, -2.0, 1e-4])
+    want = _one_update(weights, [g])
+    got = _one_update(weights, [g * 1024.0], loss_scale_factor=1024.0)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    assert not np.allclose(_one_update(weights, [g * 1024.0])[0], want[0])
+    # In model.fit the scaled loss is never what is reported.
+    opt = LearnedOptimizer(weights=weights, loss_scale_factor=64.0)
+    assert opt.scale_loss(tf.constant(2.0)).numpy() == 128.0
+
+
+def _custom_loop(weights, strategy, steps=3):
+    """A custom training loop: strategy.run over a distributed dataset."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(32 * steps, 6)).astype(np.float32)
+    y = rng.normal(size=(32 * steps, 1)).astype(np.float32)
+    with strategy.scope():
+        keras.utils.set_random_seed(4)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4),
+                                  keras.layers.Dense(1)])
+        opt = LearnedOptimizer(weights=weights)
+        opt.build(model.trainable_variables)
+    data = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((x, y)).batch(32))
+
+    @tf.function
+    def train_step(xb, yb):
+        def replica_step(xb, yb):
+            with tf.GradientTape() as tape:
+                per_example = tf.reduce_mean(tf.square(model(xb) - yb), axis=1)
+                loss = tf.nn.compute_average_loss(per_example,
+                                                  global_batch_size=32)
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+        losses = strategy.run(replica_step, args=(xb, yb))
+        return strategy.reduce("SUM", losses, axis=None)
+
+    start = [v.numpy().copy() for v in model.trainable_variables]
+    losses = [float(train_step(xb, yb)) for xb, yb in data]
+    end = [v.numpy() for v in model.trainable_variables]
+    assert all(not np.allclose(a, b) for a, b in zip(start, end))
+    return np.array(losses), end
+
+
+def test_custom_training_loop_under_mirrored_strategy(weights,
+                                                     two_cpu_strategy):
+    single, w_single = _custom_loop(weights, tf.distribute.get_strategy())
+    mirrored, w_mirrored = _custom_loop(weights, two_cpu_strategy)
+    np.testing.assert_allclose(mirrored, single, rtol=1e-5)
+    for a, b in zip(w_mirrored, w_single):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _apply_graph_ops(weights, size):
+    var = keras.Variable(tf.zeros([size]))
+    opt = LearnedOptimizer(weights=weights)
+    opt.build([var])
+    fn = tf.function(lambda g: opt.apply([g], [var]))
+    graph = fn.get_concrete_function(tf.TensorSpec([size])).graph
+    # TensorFlow writes small zero tensors as Const and large ones as Fill:
+    # count the other ops.
+    kinds = collections.Counter(op.type for op in graph.get_operations()
+                                if op.type not in ("Const", "Fill"))
+    return kinds, opt, var, fn
+
+
+def test_large_variables_need_no_per_coordinate_work(weights):
+    """The update's graph is the same size for 10 and for 2 million
+    coordinates (no Python loop over coordinates), and the state is built
+    on the variable's device from zeros (no host-side array of N x 80)."""
+    small, _, _, _ = _apply_graph_ops(weights, 10)
+    big, opt, var, fn = _apply_graph_ops(weights, 2_000_000)
+    assert small == big
+    fn(tf.fill([2_000_000], 0.01))
+    # Every coordinate moved by the same learned update (same gradient).
+    moved = var.numpy()
+    assert moved[0] != 0.0
+    np.testing.assert_array_equal(moved, np.full_like(moved, moved[0]))
+    states = [s for ss in opt._lstm_states for s in ss]
+    assert sum(int(np.prod(s.shape)) for s in states) == 2_000_000 * 80
