@@ -219,6 +219,24 @@ def format_table(results: dict) -> str:
     return "\n".join(lines + [""] + verdicts)
 
 
+def format_markdown(results: dict) -> str:
+    """A Markdown table: per optimizer, mean +- stderr and learning rate at
+    every horizon (the tuned rate is per horizon)."""
+    horizons = results["horizons"]
+    head = "| optimizer | " + " | ".join(
+        f"step {h} | lr" for h in horizons) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(horizons))]
+    for name, entry in results["optimizers"].items():
+        cells = []
+        for h in horizons:
+            e = entry["per_horizon"][str(h)]
+            lr = (f"{e['learning_rate']:.3g}" if entry.get("kind") ==
+                  "baseline" else "as trained")
+            cells += [f"{e['final_mean']:.4f} ± {e['final_stderr']:.4f}", lr]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
                     = None, extra: Optional[dict] = None) -> dict:
     """Evaluates exported weights on the problem of `config` (test split).

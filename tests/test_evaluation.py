@@ -237,3 +237,17 @@ def test_evaluate_end_to_end_is_consistent():
             curves[:, h].std(ddof=1) / math.sqrt(2))
     assert sorted(results["comparisons"]) == ["learned/sgd/2",
                                               "learned/sgd/4"]
+
+
+def test_format_markdown_rows_hold_the_final_figures():
+    results = {"horizons": [2], "optimizers": {
+        "learned": {"kind": "learned", "per_horizon": {"2": {
+            "learning_rate": 1.0, "final_mean": 0.12345,
+            "final_stderr": 0.01}}},
+        "adam": {"kind": "baseline", "per_horizon": {"2": {
+            "learning_rate": 0.0316227766, "final_mean": 0.5,
+            "final_stderr": 0.02}}}}}
+    lines = evaluation.format_markdown(results).splitlines()
+    assert lines[0] == "| optimizer | step 2 | lr |"
+    assert lines[2] == "| learned | 0.1235 ± 0.0100 | as trained |"
+    assert lines[3] == "| adam | 0.5000 ± 0.0200 | 0.0316 |"

@@ -1,4 +1,5 @@
-"""Draws the loss curves of an evaluation.json as a PNG (log scale).
+"""Draws the loss curves of an evaluation.json as a PNG (log scale) and
+prints its Markdown table.
 
     python -m train.plot --results=docs/evaluation_mnist.json --out=docs/figures/mnist.png --title="MNIST MLP"
 
@@ -10,7 +11,7 @@ import json
 
 from absl import app, flags
 
-from l2l_tf import figures
+from l2l_tf import evaluation, figures
 
 _RESULTS = flags.DEFINE_string("results", None, "An evaluation.json.")
 _OUT = flags.DEFINE_string("out", None, "The PNG to write.")
@@ -32,7 +33,8 @@ def main(argv):
                              f"Received: --results={_RESULTS.value!r} ({e})")
     figures.loss_curves(results, _OUT.value, title=_TITLE.value,
                         horizon=_HORIZON.value)
-    print(f"Written: {_OUT.value}")
+    print(evaluation.format_markdown(results))
+    print(f"\nWritten: {_OUT.value}")
 
 
 if __name__ == "__main__":
