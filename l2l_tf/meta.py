@@ -152,6 +152,10 @@ def validate_config(config):
     if config.problem not in problems.PROBLEMS:
         raise ValueError(f"`problem` must be one of {list(problems.PROBLEMS)}"
                          f". Received: problem={config.problem!r}")
+    if config.problem != "quadratic":
+        # The data: a known name, valid options and, for tensorflow-datasets,
+        # prepared data (the error says how to prepare it offline).
+        problems.check_data(dict(config.problem_kwargs))
 
 
 def _diff(a, b, prefix=""):
