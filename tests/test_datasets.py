@@ -73,3 +73,18 @@ def test_unknown_dataset_names_argument():
     message = str(info.value)
     assert "`dataset`" in message and "'bogus'" in message
     assert "'mnist_embedded'" in message
+
+
+def test_cifar_shaped_stand_in_is_the_digits_padded_over_3_channels(splits):
+    images, labels = datasets.load("mnist_embedded_32x32x3", "test")
+    digits, digit_labels = splits["test"]
+    assert images.shape == (1000, 32, 32, 3) and images.dtype == np.float32
+    np.testing.assert_array_equal(labels, digit_labels)
+    for c in range(3):  # out[n, 2 + i, 2 + j, c] = digit[n, 28 i + j]
+        np.testing.assert_array_equal(images[:, 2:30, 2:30, c],
+                                      digits.reshape(-1, 28, 28))
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert np.all(images[:, border, :] == 0.0)
+    # Hand-checked pixel: digit row 14, column 10 of the 7th image.
+    assert images[7, 16, 12, 1] == digits[7, 14 * 28 + 10]

@@ -1,7 +1,8 @@
 """Any Keras model as an optimizee, run functionally through stateless_call."""
 
+import functools
 import importlib
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import keras
 import numpy as np
@@ -46,8 +47,12 @@ class KerasModel(base.Problem):
     the whole split, in inference mode.
 
     Non-trainable state (BatchNorm's moving statistics) is not carried from
-    step to step: training-mode layers use batch statistics, and the
-    reported loss uses the initial moving statistics.
+    step to step: training-mode layers use batch statistics. The reported
+    loss runs in inference mode, with the initial moving statistics, unless
+    `eval_training` is set: then it runs in training mode too, so batch
+    norm normalizes with the statistics of the whole split (the training
+    loss the paper reports; use it only for models whose training mode is
+    deterministic, batch norm but no dropout).
 
     Args:
       build_fn: returns a built keras.Model (or its 'module:function' path).
@@ -55,12 +60,21 @@ class KerasModel(base.Problem):
       loss: a Keras loss, e.g. "sparse_categorical_crossentropy" or
         `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`.
       batch_size: minibatch size.
+      build_kwargs: keyword arguments for `build_fn` (e.g. num_classes).
+      eval_training: whether the reported loss runs in training mode.
     """
 
     name = "keras_model"
 
-    def __init__(self, build_fn, x, y, loss, batch_size: int = 128):
-        self.build_fn = resolve_build_fn(build_fn)
+    def __init__(self, build_fn, x, y, loss, batch_size: int = 128,
+                 build_kwargs: Optional[dict] = None,
+                 eval_training: bool = False):
+        self.build_fn = functools.partial(resolve_build_fn(build_fn),
+                                          **dict(build_kwargs or {}))
+        if not isinstance(eval_training, bool):
+            raise ValueError("`eval_training` must be a bool. Received: "
+                             f"eval_training={eval_training!r}")
+        self.eval_training = eval_training
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError("`batch_size` must be a positive integer. "
                              f"Received: batch_size={batch_size!r}")
@@ -118,4 +132,5 @@ class KerasModel(base.Problem):
 
     def eval_loss(self, params, task):
         del task
-        return self._loss(params, self.x, self.y, training=False)
+        return self._loss(params, self.x, self.y,
+                          training=self.eval_training)
