@@ -4,9 +4,10 @@ from l2l_tf import datasets
 from l2l_tf.problems.base import Problem, fold_in, seed_pair
 from l2l_tf.problems.keras_model import KerasModel
 from l2l_tf.problems.mlp import ACTIVATIONS, MLP
+from l2l_tf.problems.neural_art import NeuralArt
 from l2l_tf.problems.quadratic import Quadratic
 
-PROBLEMS = ("quadratic", "mnist", "keras_model")
+PROBLEMS = ("quadratic", "mnist", "keras_model", "neural_art")
 
 
 def make(name: str, split: str = "train", **kwargs) -> Problem:
@@ -16,6 +17,8 @@ def make(name: str, split: str = "train", **kwargs) -> Problem:
     matters through the seeds a caller draws). "mnist" takes MLP's arguments
     plus `dataset` (a name in `datasets.DATASETS`). "keras_model" takes
     KerasModel's `build_fn`, `loss` and `batch_size`, plus `dataset`.
+    "neural_art" takes NeuralArt's arguments; `split` picks its content
+    photographs.
     """
     if name == "quadratic":
         return Quadratic(**kwargs)
@@ -28,6 +31,8 @@ def make(name: str, split: str = "train", **kwargs) -> Problem:
         kwargs = dict(kwargs)
         x, y = datasets.load(kwargs.pop("dataset", "mnist_embedded"), split)
         return KerasModel(x=x, y=y, **kwargs)
+    if name == "neural_art":
+        return NeuralArt(split=split, **kwargs)
     raise ValueError(f"`problem` must be one of {list(PROBLEMS)}. "
                      f"Received: problem={name!r}")
 
@@ -37,5 +42,5 @@ def from_config(config, split: str) -> Problem:
     return make(config.problem, split, **dict(config.problem_kwargs))
 
 
-__all__ = ["Problem", "Quadratic", "MLP", "KerasModel", "ACTIVATIONS", "PROBLEMS", "make", "from_config",
+__all__ = ["Problem", "Quadratic", "MLP", "KerasModel", "NeuralArt", "ACTIVATIONS", "PROBLEMS", "make", "from_config",
            "seed_pair", "fold_in"]
