@@ -2,8 +2,9 @@
 
 The paper's Sec. 3.4 trains the LSTM optimizer to stylize 64x64 images in
 one style and tests it on new content images, on 128x128 images and on a
-second style. This module is that problem family; `save_artifacts` writes
-the images and loss curves of an evaluation.
+second style. This module is that problem family (NeuralArt, whose
+docstring holds the loss); l2l_tf.art_report saves an evaluation's images
+and loss curves.
 """
 
 import importlib.util
@@ -102,12 +103,14 @@ def keras_models_dir() -> str:
     return os.path.join(home, "models")
 
 
+# Where Keras caches when its home is not writable.
+KERAS_FALLBACK_MODELS_DIR = os.path.join("/tmp", ".keras", "models")
+
+
 def cached_vgg19_weights() -> Optional[str]:
-    """The path of VGG-19's ImageNet weights if Keras has them cached (Keras
-    falls back to /tmp/.keras when its home is not writable), else None.
-    Never downloads."""
-    for folder in (keras_models_dir(), os.path.join("/tmp", ".keras",
-                                                    "models")):
+    """The path of VGG-19's ImageNet weights if Keras has them cached, else
+    None. Never downloads."""
+    for folder in (keras_models_dir(), KERAS_FALLBACK_MODELS_DIR):
         path = os.path.join(folder, VGG19_WEIGHTS_FILE)
         if os.path.isfile(path):
             return path
