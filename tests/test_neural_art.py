@@ -208,3 +208,16 @@ def test_report_writes_images_and_curves(tmp_path, tiny_files):
     assert tf.io.decode_png(tf.io.read_file(
         str(tmp_path / "curves.png"))).shape[-1] in (3, 4)
     json.dumps(problem.describe())  # JSON-ready.
+
+
+def test_configs_validate_and_vary_one_field():
+    from configs import neural_art, neural_art_128, neural_art_style  # pylint: disable=import-outside-toplevel
+    from l2l_tf import meta  # pylint: disable=import-outside-toplevel
+    base_config = neural_art.get_config()
+    for module in (neural_art, neural_art_128, neural_art_style):
+        meta.validate_config(module.get_config())
+    assert base_config.problem == "neural_art"
+    assert base_config.problem_kwargs.size == 64
+    assert neural_art_128.get_config().problem_kwargs.size == 128
+    style = neural_art_style.get_config().problem_kwargs.style
+    assert style in na.STYLES and style != base_config.problem_kwargs.style
