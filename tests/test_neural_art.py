@@ -221,3 +221,17 @@ def test_configs_validate_and_vary_one_field():
     assert neural_art_128.get_config().problem_kwargs.size == 128
     style = neural_art_style.get_config().problem_kwargs.style
     assert style in na.STYLES and style != base_config.problem_kwargs.style
+
+
+def test_meta_training_export_records_the_feature_network(tmp_path):
+    from configs import neural_art  # pylint: disable=import-outside-toplevel
+    from l2l_tf import meta  # pylint: disable=import-outside-toplevel
+    config = neural_art.get_config()
+    config.problem_kwargs.size = 8
+    config.meta.init_weights = ""
+    # The export alone (no meta-step): what train() writes at a new best.
+    path = meta.MetaTrainer(config, str(tmp_path)).export("export", 1.0)
+    _, _, metadata = saved_model.load(path)
+    assert metadata["config"]["problem_kwargs"]["features"] == "auto"
+    assert metadata["problem"]["features"] in ("random", "vgg19")
+    assert metadata["problem"]["size"] == 8
