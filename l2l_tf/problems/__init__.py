@@ -7,9 +7,10 @@ from l2l_tf.problems.base import Problem, fold_in, seed_pair
 from l2l_tf.problems import keras_model
 from l2l_tf.problems.keras_model import KerasModel
 from l2l_tf.problems.mlp import ACTIVATIONS, MLP
+from l2l_tf.problems.neural_art import NeuralArt
 from l2l_tf.problems.quadratic import Quadratic
 
-PROBLEMS = ("quadratic", "mnist", "keras_model")
+PROBLEMS = ("quadratic", "mnist", "keras_model", "neural_art")
 
 # problem_kwargs that choose the data (see l2l_tf.datasets), with defaults.
 DATA_OPTIONS = {"dataset": "mnist_embedded", "data_dir": None,
@@ -55,6 +56,8 @@ def make(name: str, split: str = "train", **kwargs) -> Problem:
 
     With `classes` (k labels kept), the MLP gets num_classes=k and a Keras
     model's `build_fn` is called with num_classes=k (it must take it).
+    "neural_art" takes NeuralArt's arguments; `split` picks its content
+    photographs.
     """
     if name == "quadratic":
         return Quadratic(**kwargs)
@@ -80,6 +83,8 @@ def make(name: str, split: str = "train", **kwargs) -> Problem:
             kwargs["build_kwargs"] = dict(kwargs.get("build_kwargs") or {},
                                           num_classes=k)
         return KerasModel(x=x, y=y, **kwargs)
+    if name == "neural_art":
+        return NeuralArt(split=split, **kwargs)
     raise ValueError(f"`problem` must be one of {list(PROBLEMS)}. "
                      f"Received: problem={name!r}")
 
@@ -89,6 +94,7 @@ def from_config(config, split: str) -> Problem:
     return make(config.problem, split, **dict(config.problem_kwargs))
 
 
-__all__ = ["Problem", "Quadratic", "MLP", "KerasModel", "ACTIVATIONS",
-           "PROBLEMS", "DATA_OPTIONS", "data_options", "check_data", "make", "from_config",
+__all__ = ["Problem", "Quadratic", "MLP", "KerasModel", "NeuralArt",
+           "ACTIVATIONS", "PROBLEMS", "DATA_OPTIONS", "data_options",
+           "check_data", "make", "from_config",
            "seed_pair", "fold_in"]
