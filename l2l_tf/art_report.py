@@ -20,16 +20,14 @@ tuning seeds), then writes into `workdir`:
 Pixels are clipped to [0, 1] only here, when saved.
 """
 
-import json
 import os
-import tempfile
 from typing import Dict
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from l2l_tf import evaluation, networks, problems, saved_model, unroll
+from l2l_tf import atomic, evaluation, networks, problems, saved_model, unroll
 from l2l_tf.problems import base
 
 
@@ -62,15 +60,7 @@ def to_uint8(image) -> np.ndarray:
 
 
 def save_png(image, path: str):
-    tf.io.write_file(path, tf.io.encode_png(to_uint8(image)))
-
-
-def _atomic_json(obj, path: str):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path),
-                               prefix="." + os.path.basename(path) + ".")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, tf.io.encode_png(to_uint8(image)).numpy())
 
 
 def plot_curves(results: dict, path: str, title: str = ""):
@@ -160,7 +150,7 @@ def evaluate_and_save(config, weights: str, workdir: str) -> dict:
                        f"{d['features']} features"))
     results["neural_art"] = dict(d, images=files, image_seed=int(
         evaluation.TEST_SEED_BASE), image_final_losses=finals)
-    _atomic_json(results, os.path.join(workdir, "evaluation.json"))
+    atomic.write_json(results, os.path.join(workdir, "evaluation.json"))
     logging.info("Neural art (%s features): wrote %s", d["features"],
                  sorted(files.values()) + ["images.png", "loss_curves.png",
                                            "evaluation.json"])

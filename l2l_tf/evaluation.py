@@ -18,14 +18,13 @@ from `TRAIN_SEED_BASE`, validation from `VALIDATION_SEED_BASE`, tuning from
 import json
 import math
 import os
-import tempfile
 from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from l2l_tf import networks, problems, saved_model, unroll
+from l2l_tf import atomic, networks, problems, saved_model, unroll
 from l2l_tf.problems import base
 
 TRAIN_SEED_BASE = 0
@@ -279,11 +278,7 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
     results["weights"] = {k: str(v) for k, v in weights.items()}
     results.update(extra or {})
     if workdir:
-        os.makedirs(workdir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".evaluation.json.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f)
-        os.replace(tmp, os.path.join(workdir, "evaluation.json"))
+        atomic.write_json(results, os.path.join(workdir, "evaluation.json"))
         from l2l_tf import figures  # matplotlib only where figures are drawn.
         for h in e.horizons:
             figures.loss_curves(

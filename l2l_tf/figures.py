@@ -7,8 +7,6 @@ never leaves a half-written figure.
 """
 
 import math
-import os
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,23 +17,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
+from l2l_tf import atomic  # pylint: disable=wrong-import-position
+
 _COLORS = {"sgd": "tab:green", "nag": "tab:purple", "rmsprop": "tab:orange",
            "adam": "tab:red"}
 
 
 def _save(fig, path: str, dpi: int):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fig.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from others.
-        os.replace(tmp, path)
+        with atomic.temp_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def curve_label(name: str, entry: dict, horizon: int) -> str:

@@ -29,12 +29,11 @@ import copy
 import json
 import math
 import os
-import tempfile
 from typing import Dict, List
 
 from absl import logging
 
-from l2l_tf import evaluation, figures, meta, problems, saved_model
+from l2l_tf import atomic, evaluation, figures, meta, problems, saved_model
 
 
 def _plain(value):
@@ -193,10 +192,7 @@ def run_study(config, workdir: str) -> dict:
             title=f"learned / best tuned baseline, loss at step {h}",
             row_title="hidden layers", col_title="hidden units",
             value_label="ratio")
-    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".study.json.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, "study.json"))
+    atomic.write_json(summary, os.path.join(workdir, "study.json"), indent=1)
     return summary
 
 

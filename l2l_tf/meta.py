@@ -24,7 +24,6 @@ import math
 import numbers
 import os
 import shutil
-import tempfile
 import time
 from typing import Optional
 
@@ -32,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from l2l_tf import (evaluation, grouped, networks, problems, saved_model,
+from l2l_tf import (atomic, evaluation, grouped, networks, problems, saved_model,
                     unroll)
 
 
@@ -477,11 +476,9 @@ class MetaTrainer:
         if self.is_chief:
             for name in ("export", "export_last"):
                 saved_model.recover(os.path.join(self.workdir, name))
-            fd, tmp = tempfile.mkstemp(dir=self.workdir,
-                                       prefix=".config.json.")
-            with os.fdopen(fd, "w") as f:
-                json.dump(config.to_dict(), f, indent=2, default=str)
-            os.replace(tmp, os.path.join(self.workdir, "config.json"))
+            atomic.write_json(config.to_dict(),
+                              os.path.join(self.workdir, "config.json"),
+                              indent=2, default=str)
         if latest:
             self.checkpoint.restore(latest)
             logging.info("Resumed from %s at iteration %d.", latest,

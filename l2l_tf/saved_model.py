@@ -22,13 +22,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from l2l_tf import networks
+from l2l_tf import atomic, networks
 
 FORMAT_VERSION = 1
 PRETRAINED_DIR = os.path.join(os.path.dirname(__file__), "pretrained")
@@ -143,10 +142,7 @@ def export(path: str, rule, phi: Dict[str, np.ndarray],
                         f"exported. Received: rule={rule!r}")
     _checked(rule, phi)  # Before anything is written.
     path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-",
-                           dir=parent)
+    tmp = atomic.temp_dir(path)
     try:
         _write(tmp, rule, phi, _metadata(rule, config, extra))
         _replace_dir(tmp, path)
@@ -171,10 +167,7 @@ def _metadata(rule, config, extra):
 def _export_grouped(path, rule, phi, config, extra):
     _checked(rule, phi)  # Before anything is written.
     path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-",
-                           dir=parent)
+    tmp = atomic.temp_dir(path)
     try:
         metadata = _metadata(rule, config, extra)
         for group, sub_phi in rule.split_phi(phi).items():

@@ -1,0 +1,66 @@
+"""Atomic writes: a file or folder appears whole under its name or not at all.
+
+Everything the package writes for the user (exports, evaluation.json, the
+config record, figures, images) goes through here: it is written under a
+hidden temporary name in the destination folder and renamed into place, so
+a crash leaves either the old version or the new one. `tempfile` creates
+its files 0600 and folders 0700; they get the permissions an ordinary
+`open` or `os.makedirs` would give under the process's umask instead.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def temp_file(path: str, suffix: str = ""):
+    """Yields a temporary path next to `path`; on success it replaces `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix,
+                               prefix="." + os.path.basename(path) + ".")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str, text: str):
+    with temp_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def write_json(obj, path: str, **dump_kwargs):
+    with temp_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, **dump_kwargs)
+
+
+def write_bytes(path: str, data: bytes):
+    with temp_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def temp_dir(path: str) -> str:
+    """A new empty folder next to `path`, to be filled and then published
+    with `replace_dir`-style renames (its permissions are set already)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-",
+                           dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp

@@ -1,0 +1,48 @@
+"""Atomic writes: whole files with ordinary permissions, nothing left over."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from l2l_tf import atomic, networks, saved_model
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_files_get_the_umask_permissions_not_tempfiles_0600(tmp_path,
+                                                            umask_022):
+    path = tmp_path / "sub" / "evaluation.json"
+    atomic.write_json({"a": 1}, str(path))
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert _mode(path) == 0o644
+    atomic.write_bytes(str(tmp_path / "x.png"), b"\x89PNG")
+    assert _mode(tmp_path / "x.png") == 0o644
+    assert sorted(os.listdir(tmp_path)) == ["sub", "x.png"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "study.json"
+    atomic.write_json({"old": True}, str(path))
+    with pytest.raises(TypeError):
+        atomic.write_json({"new": object()}, str(path))  # Not serializable.
+    assert json.loads(path.read_text()) == {"old": True}
+    assert os.listdir(tmp_path) == ["study.json"]
+
+
+def test_exported_folders_are_readable_like_any_folder(tmp_path, umask_022):
+    rule = networks.CoordinatewiseLSTM()
+    path = saved_model.export(str(tmp_path / "export"), rule,
+                              rule.init_phi(0))
+    assert _mode(path) == 0o755
+    assert os.listdir(tmp_path) == ["export"]
