@@ -63,42 +63,9 @@ def save_png(image, path: str):
     atomic.write_bytes(path, tf.io.encode_png(to_uint8(image)).numpy())
 
 
-def plot_curves(results: dict, path: str, title: str = ""):
-    """Mean loss (+- stderr band) against steps, log-scale y, to a PNG."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-    h = str(max(results["horizons"]))
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    for name, entry in results["optimizers"].items():
-        mean = np.asarray(entry["mean"], np.float64)
-        se = np.asarray(entry["stderr"], np.float64)
-        label = name
-        if entry.get("kind") == "baseline":
-            label += f" (lr {entry['per_horizon'][h]['learning_rate']:.3g})"
-        steps = np.arange(len(mean))
-        line, = ax.plot(steps, mean, label=label,
-                        lw=2.0 if entry.get("kind") == "learned" else 1.2)
-        finite = np.isfinite(mean) & np.isfinite(se)
-        ax.fill_between(steps[finite], np.maximum(mean - se, 1e-12)[finite],
-                        (mean + se)[finite], color=line.get_color(),
-                        alpha=0.15, lw=0)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def _montage(panels: Dict[str, np.ndarray], path: str):
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    from l2l_tf import figures  # pylint: disable=import-outside-toplevel
+    plt = figures.plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(1.3 * len(panels), 1.6),
                              dpi=100)
@@ -107,8 +74,7 @@ def _montage(panels: Dict[str, np.ndarray], path: str):
         ax.set_title(name, fontsize=7)
         ax.axis("off")
     fig.tight_layout(pad=0.2)
-    fig.savefig(path)
-    plt.close(fig)
+    figures.save(fig, path, dpi=100)
 
 
 def evaluate_and_save(config, weights: str, workdir: str) -> dict:
@@ -144,10 +110,11 @@ def evaluate_and_save(config, weights: str, workdir: str) -> dict:
         save_png(image, os.path.join(workdir, files[name]))
     _montage(panels, os.path.join(workdir, "images.png"))
     d = problem.describe()
-    plot_curves(results, os.path.join(workdir, "loss_curves.png"),
-                title=(f"neural art {d['size']}x{d['size']}, style "
-                       f"{os.path.basename(str(d['style']))}, "
-                       f"{d['features']} features"))
+    from l2l_tf import figures  # pylint: disable=import-outside-toplevel
+    figures.loss_curves(results, os.path.join(workdir, "loss_curves.png"),
+                        title=(f"neural art {d['size']}x{d['size']}, style "
+                               f"{os.path.basename(str(d['style']))}, "
+                               f"{d['features']} features"))
     results["neural_art"] = dict(d, images=files, image_seed=int(
         evaluation.TEST_SEED_BASE), image_final_losses=finals)
     atomic.write_json(results, os.path.join(workdir, "evaluation.json"))

@@ -23,7 +23,8 @@ _COLORS = {"sgd": "tab:green", "nag": "tab:purple", "rmsprop": "tab:orange",
            "adam": "tab:red"}
 
 
-def _save(fig, path: str, dpi: int):
+def save(fig, path: str, dpi: int):
+    """Writes `fig` to the PNG `path` atomically and closes it."""
     try:
         with atomic.temp_file(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=dpi, format="png")
@@ -88,7 +89,7 @@ def loss_curves(results: dict, path: str, title: Optional[str] = None,
     ax.legend(fontsize=7, frameon=False)
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save(fig, path, dpi)
     return path
 
 
@@ -129,5 +130,5 @@ def heatmap(values: Sequence[Sequence[float]], row_labels: Sequence,
     bar = fig.colorbar(image, ax=ax)
     bar.set_label(f"log10 {value_label}".strip())
     fig.tight_layout()
-    _save(fig, path, dpi)
+    save(fig, path, dpi)
     return path

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2l_tf import art_report, networks, problems, saved_model, unroll
+from l2l_tf import art_report, figures, networks, problems, saved_model, unroll
 from l2l_tf.problems import base
 from l2l_tf.problems import neural_art as na
 
@@ -204,7 +204,7 @@ def test_report_writes_images_and_curves(tmp_path, tiny_files):
         "adam": {"kind": "baseline", "mean": [2.0, 1.5, 1.0, 0.9],
                  "stderr": [0.0, 0.1, 0.1, np.inf],
                  "per_horizon": {"3": {"learning_rate": 0.1}}}}}
-    art_report.plot_curves(results, str(tmp_path / "curves.png"))
+    figures.loss_curves(results, str(tmp_path / "curves.png"))
     assert tf.io.decode_png(tf.io.read_file(
         str(tmp_path / "curves.png"))).shape[-1] in (3, 4)
     json.dumps(problem.describe())  # JSON-ready.
