@@ -7,12 +7,14 @@ import pytest
 
 import l2l_tf
 from configs import mnist as mnist_config
+from configs import neural_art as neural_art_config
 from configs import quadratic as quadratic_config
 from l2l_tf import meta, saved_model
 
 
 @pytest.mark.parametrize("name,config_module", [
-    ("mnist", mnist_config), ("quadratic", quadratic_config)])
+    ("mnist", mnist_config), ("quadratic", quadratic_config),
+    ("neural_art", neural_art_config)])
 def test_shipped_weights_were_made_by_their_config(name, config_module):
     assert name in l2l_tf.pretrained_names()
     rule, phi, metadata = saved_model.load(name)
