@@ -1,6 +1,9 @@
-"""configs/cifar10.py on the embedded 32x32x3 stand-in, sized for 2 CPU cores.
+"""configs/cifar10.py and its variants on the embedded 32x32x3 stand-in.
 
     python -m train.meta_train --config=configs/cifar10_standin.py --workdir=/tmp/l2l/cifar10_standin
+    python -m train.meta_train --config=configs/cifar10_standin.py:two_networks --workdir=/tmp/l2l/cifar10_two_networks_standin
+    python -m train.meta_train --config=configs/cifar10_standin.py:heldout --workdir=/tmp/l2l/cifar_heldout_standin
+    python -m train.evaluate --config=configs/cifar10_standin.py:heldout_cifar2 --weights=/tmp/l2l/cifar_heldout_standin/export --workdir=/tmp/l2l/cifar_heldout_standin/cifar2
 
 CIFAR-10 cannot be downloaded here, so this runs the CIFAR code path (the
 paper's conv net, batch norm, tfds-shaped data, the evaluation) on the
@@ -9,16 +12,28 @@ proves the path, not the paper's figures: the iteration counts are cut to
 finish in about 15 minutes here, and for speed the minibatch is 32 (the
 paper's 128 in configs/cifar10.py), the evaluation's reported loss is over
 the first 256 test images, and the baselines are tuned on 2 seeds.
-The variants run the same way, e.g.
 
-    python -m train.meta_train --config=configs/cifar_heldout.py --config.problem_kwargs.dataset=mnist_embedded_32x32x3 --config.meta.num_iterations=50 --workdir=/tmp/l2l/cifar_heldout_standin
+The optional argument after the colon picks the variant's config:
+"" configs/cifar10.py, "two_networks" configs/cifar10_two_networks.py
+(one LSTM for the conv layers, one for the fully connected ones),
+"heldout" configs/cifar_heldout.py (meta-train on digits 0-4, evaluate on
+5-9) and "heldout_cifar2" configs/cifar_heldout_cifar2.py (evaluate on 5
+and 6).
 """
 
-from configs import cifar10
+import importlib
+
+VARIANTS = {"": "cifar10", "two_networks": "cifar10_two_networks",
+            "heldout": "cifar_heldout",
+            "heldout_cifar2": "cifar_heldout_cifar2"}
 
 
-def get_config():
-    config = cifar10.get_config()
+def get_config(variant: str = ""):
+    if variant not in VARIANTS:
+        raise ValueError(f"The variant after `:` must be one of "
+                         f"{sorted(VARIANTS)}. Received: {variant!r}")
+    config = importlib.import_module(
+        "configs." + VARIANTS[variant]).get_config()
     config.problem_kwargs.dataset = "mnist_embedded_32x32x3"
     config.problem_kwargs.batch_size = 32
     config.meta.num_iterations = 50       # 10 optimizee runs of 100 steps.

@@ -147,8 +147,20 @@ def test_cifar2_evaluates_two_held_out_classes():
 
 
 def test_configs_validate_and_older_configs_evaluate_their_own_problem():
-    for module in (cifar10_standin,):
-        meta.validate_config(module.get_config())
+    for variant, full in [("", cifar10), ("two_networks", cifar10_two_networks),
+                          ("heldout", cifar_heldout),
+                          ("heldout_cifar2", cifar_heldout_cifar2)]:
+        standin = cifar10_standin.get_config(variant)
+        meta.validate_config(standin)
+        # The stand-in changes the data and the sizes, not the experiment.
+        assert standin.problem_kwargs.dataset == "mnist_embedded_32x32x3"
+        want = full.get_config()
+        for name in ("network_groups", "problem_kwargs.classes"):
+            assert meta.field(standin, name) == meta.field(want, name)
+        assert (standin.evaluation.problem_kwargs.get("classes") ==
+                want.evaluation.problem_kwargs.get("classes"))
+    with pytest.raises(ValueError, match="two_network.*Received: 'cifar5'"):
+        cifar10_standin.get_config("cifar5")
     config = cifar10.get_config()
     assert evaluation.problem_kwargs(config) == dict(config.problem_kwargs)
     assert dict(meta.field(config, "evaluation.problem_kwargs")) == {}
