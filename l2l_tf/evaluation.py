@@ -245,7 +245,8 @@ def problem_kwargs(config) -> dict:
 
 
 def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
-                    = None, extra: Optional[dict] = None) -> dict:
+                    = None, extra: Optional[dict] = None,
+                    title: Optional[str] = None) -> dict:
     """Evaluates exported weights on the problem of `config` (test split).
 
     The problem is config.problem with `problem_kwargs(config)`: the
@@ -260,6 +261,7 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
         for each horizon h, log scale) are written (atomically); None:
         nowhere.
       extra: JSON-ready fields added to the results before they are written.
+      title: the figures' title (default: the problem's name and split).
     """
     e = config.evaluation
     learned = {}
@@ -283,6 +285,7 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
         for h in e.horizons:
             figures.loss_curves(
                 results, os.path.join(workdir, f"curves_{h}.png"),
-                title=f"{config.problem} (test split), {e.num_seeds} seeds",
+                title=(title or f"{config.problem} (test split)")
+                + f", {e.num_seeds} seeds",
                 horizon=h)
     return results

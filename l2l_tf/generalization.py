@@ -170,7 +170,8 @@ def run_study(config, workdir: str) -> dict:
             logging.info("Study %d/%d: %s", i + 1, len(jobs), job["name"])
             results = evaluation.evaluate_config(
                 job["config"], {"learned": config.study.weights}, folder,
-                extra={"study_spec": job["spec"]})
+                extra={"study_spec": job["spec"]},
+                title=_title(job["name"], job["config"]))
         else:
             logging.info("Study %d/%d: %s done before, reused", i + 1,
                          len(jobs), job["name"])
@@ -194,6 +195,13 @@ def run_study(config, workdir: str) -> dict:
             value_label="ratio")
     atomic.write_json(summary, os.path.join(workdir, "study.json"), indent=1)
     return summary
+
+
+def _title(name: str, config) -> str:
+    """"hidden_40: MNIST MLP, hidden (40,), sigmoid, test split"."""
+    kw = config.problem_kwargs
+    return (f"{name}: MNIST MLP, hidden {tuple(kw.hidden_sizes)}, "
+            f"{kw.activation}, test split")
 
 
 def format_summary(summary: dict) -> str:
