@@ -85,7 +85,8 @@ def loss_curves(results: dict, path: str, title: Optional[str] = None,
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if title:
-        ax.set_title(title, fontsize=10)
+        # Long titles shrink to fit the figure's width.
+        ax.set_title(title, fontsize=10 if len(title) <= 48 else 8)
     ax.legend(fontsize=7, frameon=False)
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
