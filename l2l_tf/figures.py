@@ -86,7 +86,7 @@ def loss_curves(results: dict, path: str, title: Optional[str] = None,
     ax.set_ylabel("loss")
     if title:
         # Long titles shrink to fit the figure's width.
-        ax.set_title(title, fontsize=10 if len(title) <= 48 else 8)
+        ax.set_title(title, fontsize=min(10.0, 480.0 / max(len(title), 1)))
     ax.legend(fontsize=7, frameon=False)
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
