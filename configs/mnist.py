@@ -18,6 +18,11 @@ def get_config():
     config.problem = "mnist"
     config.problem_kwargs = ml_collections.ConfigDict(dict(
         dataset="mnist_embedded",
+        # The data options (l2l_tf.datasets): a prepared tfds folder for
+        # dataset="mnist"; labels kept; a cap on each split's size.
+        data_dir=config_dict.placeholder(str),
+        classes=config_dict.placeholder(tuple),
+        max_examples=config_dict.placeholder(int),
         hidden_sizes=(20,),
         activation="sigmoid",
         batch_size=128,

@@ -9,6 +9,7 @@ Meta-training starts from the shipped MNIST-MLP weights.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import mnist
 
@@ -19,6 +20,10 @@ def get_config():
     config.problem_kwargs = ml_collections.ConfigDict(dict(
         build_fn="l2l_tf.problems.zoo:mnist_convnet",
         dataset="mnist_embedded",
+        # The data options (l2l_tf.datasets), as in configs/mnist.py.
+        data_dir=config_dict.placeholder(str),
+        classes=config_dict.placeholder(tuple),
+        max_examples=config_dict.placeholder(int),
         loss="sparse_categorical_crossentropy",
         batch_size=128,
     ))

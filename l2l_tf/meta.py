@@ -69,6 +69,15 @@ def with_defaults(saved: dict) -> dict:
         for key in parents:
             node = node.setdefault(key, {})
         node.setdefault(leaf, json.loads(json.dumps(value)))
+    # A data option at None (tfds's default folder, every class, every
+    # example) is the same as no option: configs that gained these fields
+    # as placeholders compare equal to what they wrote before.
+    for kwargs in (out.get("problem_kwargs"),
+                   out.get("evaluation", {}).get("problem_kwargs")):
+        if isinstance(kwargs, dict):
+            for key in problems.DATA_OPTIONS:
+                if key in kwargs and kwargs[key] is None:
+                    del kwargs[key]
     return out
 
 

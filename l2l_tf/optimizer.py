@@ -135,9 +135,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             # Rebuilt from a config whose weights are gone: phi's values must
             # come from the saved model or checkpoint being restored.
             warnings.warn(
-                f"LearnedOptimizer: weights {weights!r} not found; phi starts "
-                "at zero (no update) until restored from a .keras file or a "
-                "checkpoint.", stacklevel=3)
+                f"LearnedOptimizer: weights {weights!r} not found; phi's "
+                "values must come from the .keras file or checkpoint being "
+                "restored (keras.models.load_model does this); until then "
+                "phi is zero and the update is zero.", stacklevel=3)
             return wanted, {n: np.zeros(s, np.float32)
                             for n, s in wanted.phi_shapes().items()}
         if network is not None and rule.get_config() != wanted.get_config():
@@ -194,8 +195,23 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     @property
     def skipped_steps(self):
         """How many steps were skipped for a non-finite gradient (a variable,
-        saved with the optimizer)."""
+        saved with the optimizer; 0 before the optimizer is built). Under
+        mixed precision the model's optimizer is a LossScaleOptimizer: this
+        counter is `model.optimizer.inner_optimizer.skipped_steps`, and the
+        steps the loss scaling skips are not in it."""
+        if not self.built:
+            return tf.constant(0, tf.int64)
         return self._skipped_steps
+
+    def __repr__(self):
+        lr = self._learning_rate
+        if isinstance(lr, (keras.Variable, tf.Variable)):
+            lr = float(np.asarray(lr))
+        return (f"LearnedOptimizer(weights={self.weights_spec!r}, "
+                f"learning_rate={lr!r}, "
+                f"network={self.rule.get_config()!r}"
+                + (f", routes={[p for p, _ in self.routes]!r}"
+                   if self.routes else "") + ")")
 
     def update_step(self, gradient, variable, learning_rate):
         """theta += learning_rate * LSTM(gradient) (see the class doc)."""
@@ -227,6 +243,16 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             self.assign(s, tf.where(finite, new, s.value))
         self.assign_add(variable, tf.reshape(
             tf.where(finite, delta, tf.zeros_like(delta)), tf.shape(variable)))
+
+    def _clip_gradients(self, grads):
+        clipped = super()._clip_gradients(grads)
+        if not (self.clipnorm or self.clipvalue or self.global_clipnorm):
+            return clipped
+        # clipvalue maps an infinite gradient to a finite one, so the step
+        # would not be skipped: a non-finite step stays non-finite.
+        poison = tf.where(_all_finite(grads), 0.0, float("nan"))
+        return [c if c is None else _add_to_values(c, poison)
+                for c in clipped]
 
     def _apply_weight_decay(self, variables):
         # Folded into _guarded_update_step, so that a skipped step leaves the
@@ -303,6 +329,13 @@ def _parse_routes(routes):
                              f"{name!r} does not take: {e}. Received: "
                              f"{routes[pattern]!r}") from e
     return parsed
+
+
+def _add_to_values(grad, x):
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values + tf.cast(x, grad.values.dtype),
+                                grad.indices, grad.dense_shape)
+    return grad + tf.cast(x, grad.dtype)
 
 
 def _all_finite(grads):

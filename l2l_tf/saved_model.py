@@ -18,6 +18,7 @@ Exports are written atomically: into a temporary folder beside the target,
 then renamed into place, so a crash never leaves a half-written export.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -89,8 +90,10 @@ class _Export(tf.Module):
 
 
 def _replace_dir(src: str, dst: str):
-    """Moves folder `src` to `dst`, replacing `dst` (atomic where it counts:
-    at every moment either the old or the new complete folder exists)."""
+    """Moves folder `src` to `dst`, replacing `dst`. At every moment a
+    complete export exists: at `dst` (old or new) or, between the two
+    renames, at `dst.old-<pid>`, which `recover` (run by every
+    train.meta_train start) moves back and `resolve_path` points to."""
     old = None
     if os.path.exists(dst):
         old = dst + f".old-{os.getpid()}"
@@ -216,7 +219,19 @@ def resolve_path(weights: str) -> str:
     if weights in pretrained_names():
         return os.path.join(PRETRAINED_DIR, weights)
     path = os.path.expanduser(weights)
+    if os.path.isfile(path):
+        raise ValueError(
+            f"`weights` must be a SavedModel's folder, not a file. Received: "
+            f"weights={weights!r}; pass the folder that holds it "
+            f"({os.path.dirname(path) or '.'!r}).")
     if not os.path.exists(path):
+        old = sorted(glob.glob(glob.escape(path.rstrip(os.sep)) + ".old-*"))
+        if old:
+            raise ValueError(
+                f"`weights` path {weights!r} is missing, but {old[-1]!r} "
+                "holds the export it replaced: an export was interrupted "
+                "between its two renames. Rerun the train.meta_train command "
+                "(it restores it) or pass that folder.")
         raise ValueError(
             f"`weights` must be one of the shipped names {pretrained_names()} "
             f"or the path of a SavedModel. Received: weights={weights!r}, "

@@ -5,6 +5,7 @@ shapes and dtypes; split sizes are unknown there, so nothing may rely on
 them). The not-prepared error is checked against an empty data_dir.
 """
 
+import json
 import os
 from unittest import mock
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import mnist_convnet
+from configs import cifar10, mnist, mnist_convnet
 from l2l_tf import datasets, meta, problems
 
 N = 12  # Mock examples per split.
@@ -120,3 +121,21 @@ def test_not_prepared_data_fails_before_any_work(tmp_path):
         meta.MetaTrainer(config, str(tmp_path / "workdir"))
     build.assert_not_called()  # No problem was built, no data read ...
     assert not os.path.exists(tmp_path / "workdir")  # ... nothing written.
+
+
+@pytest.mark.parametrize("module", [mnist, mnist_convnet, cifar10])
+def test_every_data_option_the_message_names_is_a_field_of_the_configs(
+        module, tmp_path):
+    # The not-prepared message says --config.problem_kwargs.data_dir=DIR;
+    # config_flags can only set fields that exist.
+    config = module.get_config()
+    config.lock()
+    config.problem_kwargs.data_dir = str(tmp_path)
+    config.problem_kwargs.classes = (0, 1)
+    config.problem_kwargs.max_examples = 10
+    # Placeholders at None compare equal to configs written without them.
+    saved = json.loads(json.dumps(module.get_config().to_dict()))
+    for key in ("data_dir", "classes", "max_examples"):
+        saved["problem_kwargs"].pop(key)
+    assert meta.with_defaults(saved) == meta.with_defaults(
+        json.loads(json.dumps(module.get_config().to_dict())))

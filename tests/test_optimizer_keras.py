@@ -44,6 +44,34 @@ def test_non_finite_gradient_skips_the_whole_step(weights):
     assert int(opt.skipped_steps.numpy()) == 2
 
 
+@pytest.mark.parametrize("clip", [dict(clipvalue=1.0), dict(clipnorm=1.0),
+                                  dict(global_clipnorm=1.0)])
+def test_clipping_cannot_turn_a_non_finite_step_into_a_finite_one(weights,
+                                                                  clip):
+    # clip_by_value(inf) is finite: without care the step would be applied.
+    a = keras.Variable(np.ones(2, np.float32))
+    e = keras.Variable(np.ones((3, 2), np.float32))
+    opt = LearnedOptimizer(weights=weights, **clip)
+    assert int(opt.skipped_steps) == 0  # Readable before the first step.
+    sparse = tf.IndexedSlices(tf.constant([[0.5, 0.5]]), tf.constant([1]),
+                              tf.constant([3, 2]))
+    opt.apply_gradients([(tf.constant([np.inf, 1.0]), a), (sparse, e)])
+    np.testing.assert_array_equal(a.numpy(), [1.0, 1.0])
+    np.testing.assert_array_equal(e.numpy(), np.ones((3, 2)))
+    assert int(opt.skipped_steps) == 1
+    opt.apply_gradients([(tf.constant([3.0, 1.0]), a), (sparse, e)])
+    assert not np.array_equal(a.numpy(), [1.0, 1.0])
+    assert int(opt.skipped_steps) == 1
+
+
+def test_repr_names_the_weights_and_rate(weights):
+    opt = LearnedOptimizer(weights=weights, learning_rate=0.5,
+                           routes={"emb": "adam"})
+    assert repr(opt) == (
+        f"LearnedOptimizer(weights={weights!r}, learning_rate=0.5, network="
+        f"{networks.CoordinatewiseLSTM().get_config()!r}, routes=['emb'])")
+
+
 def test_weight_decay_subtracts_lr_wd_theta(weights):
     g = tf.constant([0.3, -0.2, 0.1])
     moved = []

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -232,3 +233,17 @@ def test_recover_finishes_an_interrupted_export(tmp_path):
     _, phi, _ = saved_model.load(path)
     np.testing.assert_array_equal(phi["output/bias"],
                                   rule.init_phi(0)["output/bias"])
+
+
+def test_weights_path_errors_say_what_to_pass_instead(tmp_path):
+    rule = networks.CoordinatewiseLSTM()
+    path = saved_model.export(str(tmp_path / "export"), rule, rule.init_phi(0))
+    with pytest.raises(ValueError, match="folder, not a file.*'" +
+                       re.escape(path) + "'"):
+        saved_model.resolve_path(os.path.join(path, "saved_model.pb"))
+    # Between _replace_dir's two renames only export.old-<pid> exists.
+    os.replace(path, path + ".old-123")
+    with pytest.raises(ValueError, match=re.escape(path + ".old-123")):
+        saved_model.resolve_path(path)
+    saved_model.recover(path)
+    assert saved_model.resolve_path(path) == path

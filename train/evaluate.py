@@ -14,6 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from l2l_tf import evaluation, meta, saved_model
+from train import _cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).",
@@ -30,8 +31,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     tf.get_logger().setLevel("WARNING")  # SavedModel writing is chatty.
     config = _CONFIG.value
-    meta.validate_config(config)  # Fail before any work on a bad config ...
-    saved_model.resolve_path(_WEIGHTS.value)  # ... or a bad weights name.
+    _cli.checked(meta.validate_config, config)  # Fail before any work on a bad config ...
+    _cli.checked(saved_model.resolve_path, _WEIGHTS.value)  # ... or bad weights.
     results = evaluation.evaluate_config(
         config, {"learned": _WEIGHTS.value}, _WORKDIR.value)
     print(evaluation.format_table(results))

@@ -15,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from l2l_tf import generalization
+from train import _cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Study config file (e.g. configs/mnist_generalization.py).",
@@ -28,6 +29,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     tf.get_logger().setLevel("WARNING")
+    _cli.checked(generalization.plan, _CONFIG.value)  # Bad input: no work.
     summary = generalization.run_study(_CONFIG.value, _WORKDIR.value)
     print(generalization.format_summary(summary))
     print(f"\nWritten: {os.path.join(_WORKDIR.value, 'study.json')}")

@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from l2l_tf import evaluation, meta
+from train import _cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).",
@@ -58,7 +59,7 @@ def main(argv):
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()
     config = _CONFIG.value
-    meta.validate_config(config)  # Before a cluster is waited for.
+    _cli.checked(meta.validate_config, config)  # Before a cluster is waited for.
     strategy = make_strategy(_STRATEGY.value)
     trainer = meta.MetaTrainer(config, _WORKDIR.value, strategy=strategy)
     result = trainer.train()

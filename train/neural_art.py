@@ -15,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from l2l_tf import art_report, evaluation, meta, saved_model
+from train import _cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A neural-art config file (configs/neural_art*.py).",
@@ -31,8 +32,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     tf.get_logger().setLevel("WARNING")
     config = _CONFIG.value
-    meta.validate_config(config)
-    saved_model.resolve_path(_WEIGHTS.value)
+    _cli.checked(meta.validate_config, config)
+    _cli.checked(saved_model.resolve_path, _WEIGHTS.value)
     results = art_report.evaluate_and_save(config, _WEIGHTS.value,
                                            _WORKDIR.value)
     print(f"Features: {results['neural_art']['features']}\n")
