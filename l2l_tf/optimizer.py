@@ -45,7 +45,21 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         for a huge embedding whose 320 bytes a parameter of LSTM state would
         be too much (Adam keeps 8). Rules: "sgd", "nag", "rmsprop", "adam";
         their update is also multiplied by `learning_rate`.
-      {{base_optimizer_keyword_args}}
+      weight_decay: if set, decoupled weight decay: each step subtracts
+        `learning_rate * weight_decay * theta` (learning_rate being the
+        multiplier of the learned update, 1.0 by default).
+      clipnorm, clipvalue, global_clipnorm: clip the gradients before the
+        LSTM sees them, as for any Keras optimizer (per variable norm, per
+        value, global norm). A non-finite gradient still skips the step.
+      use_ema, ema_momentum, ema_overwrite_frequency: an exponential moving
+        average of the weights, as for any Keras optimizer (use it with
+        `keras.callbacks.SwapEMAWeights`).
+      loss_scale_factor: gradients are divided by it before the update.
+      gradient_accumulation_steps: the variables are updated every that many
+        calls, on the mean gradient: the LSTM sees one accumulated gradient
+        per update and its state advances once; `iterations` counts the
+        updates.
+      name: the optimizer's name (its variables' prefix).
 
     A step in which any gradient is not finite is skipped for every variable
     (values and LSTM state untouched, as LossScaleOptimizer does) and counted
@@ -344,7 +358,3 @@ def _all_finite(grads):
         for g in grads if g is not None]
     return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
 
-
-LearnedOptimizer.__doc__ = LearnedOptimizer.__doc__.replace(
-    "{{base_optimizer_keyword_args}}",
-    keras.src.optimizers.optimizer.base_optimizer_keyword_args.strip())
