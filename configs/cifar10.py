@@ -51,5 +51,11 @@ def get_config():
     config.meta.num_iterations = 1000
     config.meta.learning_rate = 1e-3
     config.meta.final_learning_rate = 1e-4
-    config.evaluation.problem_kwargs = ml_collections.ConfigDict()
+    # Overrides of problem_kwargs for the evaluation only (None: as in
+    # problem_kwargs), e.g. --config.evaluation.problem_kwargs.max_examples=
+    # 1000 to report the loss over the first 1,000 test images.
+    config.evaluation.problem_kwargs = ml_collections.ConfigDict(dict(
+        classes=config_dict.placeholder(tuple),
+        max_examples=config_dict.placeholder(int),
+    ))
     return config

@@ -238,10 +238,12 @@ def format_markdown(results: dict) -> str:
 
 def problem_kwargs(config) -> dict:
     """The problem_kwargs evaluated on: config.problem_kwargs updated by
-    `evaluation.problem_kwargs` (held-out classes, another dataset, ...)."""
+    `evaluation.problem_kwargs` (held-out classes, another dataset, ...);
+    an override at None (a config's unset placeholder) changes nothing."""
     e = config.evaluation
     overrides = e.problem_kwargs if "problem_kwargs" in e else {}
-    return {**dict(config.problem_kwargs), **dict(overrides)}
+    return {**dict(config.problem_kwargs),
+            **{k: v for k, v in dict(overrides).items() if v is not None}}
 
 
 def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
