@@ -57,9 +57,10 @@ class UpdateRule(abc.ABC):
     def init_state(self, n: int) -> State:
         return tuple(tf.zeros(s, tf.float32) for s in self.state_shapes(n))
 
-    def state_bytes_per_coordinate(self) -> int:
-        """Bytes of float32 state kept for each coordinate."""
-        return 4 * sum(int(np.prod(s[1:])) for s in self.state_shapes(1) if s)
+    def state_bytes_per_coordinate(self, dtype=tf.float32) -> int:
+        """Bytes of state kept for each coordinate in `dtype`."""
+        return tf.as_dtype(dtype).size * sum(
+            int(np.prod(s[1:])) for s in self.state_shapes(1) if s)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -154,25 +155,38 @@ class CoordinatewiseLSTM(UpdateRule):
             shapes += [(n, h), (n, h)]  # (hidden, cell) of each layer.
         return tuple(shapes)
 
+    def init_state(self, n: int, dtype=tf.float32) -> State:
+        """Zeros of `state_shapes(n)` in `dtype`: float32, or bfloat16 to
+        halve the state's memory (`step` computes in float32 either way)."""
+        return tuple(tf.zeros(s, dtype) for s in self.state_shapes(n))
+
     def step(self, phi: Phi, grads: tf.Tensor, state: State):
-        # The network runs in phi's dtype (float32), whatever the gradient's.
-        grads = tf.cast(grads, phi["output/kernel"].dtype)
-        x = self._pre.fn(grads, self.preprocess_p)
+        # The network runs in phi's dtype (float32), whatever the gradient's
+        # or the state's; the new state keeps the dtype it came in.
+        dtype = phi["output/kernel"].dtype
+        x = self._pre.fn(tf.cast(grads, dtype), self.preprocess_p)
         new_state = []
-        for l in range(len(self.hidden_sizes)):
+        for l, h in enumerate(self.hidden_sizes):
             h_prev, c_prev = state[2 * l], state[2 * l + 1]
-            # One matmul for the four gates; separate (h, c) tensors rather
-            # than one packed state tensor: slicing a packed state costs more
-            # than the LSTM itself in the backward pass.
-            z = tf.matmul(tf.concat([x, h_prev], axis=1),
-                          phi[f"lstm_{l}/kernel"]) + phi[f"lstm_{l}/bias"]
-            i, f, g, o = tf.split(z, 4, axis=1)
-            c = tf.sigmoid(f) * c_prev + tf.sigmoid(i) * tf.tanh(g)
+            xh = tf.concat([x, tf.cast(h_prev, dtype)], axis=1)
+            kernel, bias = phi[f"lstm_{l}/kernel"], phi[f"lstm_{l}/bias"]
+            # One matmul per gate (i, f, g, o: column blocks of the kernel),
+            # not one for all four and a split: splitting the [n, 4h]
+            # pre-activations copies them, which cost more than the matmul.
+            i, f, g, o = (
+                tf.nn.bias_add(tf.matmul(xh, kernel[:, k * h:(k + 1) * h]),
+                               bias[k * h:(k + 1) * h])
+                for k in range(4))
+            c = (tf.sigmoid(f) * tf.cast(c_prev, dtype)
+                 + tf.sigmoid(i) * tf.tanh(g))
             x = tf.sigmoid(o) * tf.tanh(c)
-            new_state += [x, c]
-        out = tf.matmul(x, phi["output/kernel"]) + phi["output/bias"]
-        updates = self.output_scale * out[:, 0]
-        return updates, tuple(new_state)
+            new_state += [tf.cast(x, h_prev.dtype), tf.cast(c, c_prev.dtype)]
+        # output_scale folded into the output layer's 21 weights: one pass
+        # over the coordinates fewer.
+        scale = tf.cast(self.output_scale, dtype)
+        out = tf.nn.bias_add(tf.matmul(x, scale * phi["output/kernel"]),
+                             scale * phi["output/bias"])
+        return tf.reshape(out, [-1]), tuple(new_state)
 
 
 # ---------------------------------------------------------------------------
