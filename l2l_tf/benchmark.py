@@ -171,19 +171,24 @@ def network_counts(network: dict, state_dtype: str = "float32") -> dict:
 # Measurement.
 
 
-def _times(fn, sync, repeats: int, warmup: int = 2):
+def _times(fn, sync, repeats: int, warmup: int = 2, cpu: bool = False):
+    """Wall times of `repeats` calls (and the process's CPU times if `cpu`)."""
     for _ in range(warmup):
         sync(fn())
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         sync(fn())
         times.append(time.perf_counter() - start)
-    return times
+        cpu_times.append(time.process_time() - start_cpu)
+    return (times, cpu_times) if cpu else times
 
 
-def _median_time(fn, sync, repeats: int, warmup: int = 2) -> float:
-    return float(np.median(_times(fn, sync, repeats, warmup)))
+def _median_time(fn, sync, repeats: int, warmup: int = 2):
+    """(median wall seconds, median CPU seconds of this process) a call.
+    CPU time is the steadier figure when other jobs share the cores."""
+    times, cpu_times = _times(fn, sync, repeats, warmup, cpu=True)
+    return float(np.median(times)), float(np.median(cpu_times))
 
 
 def measure_ceilings(matmul_size: int = 2048, copy_mb: int = 256,
@@ -281,13 +286,15 @@ def measure_update(num_params: int, repeats: int = 5,
             opt.build(variables)
 
             fn = tf.function(_apply_fn(opt, variables), jit_compile=use_jit)
-            t = _median_time(lambda: fn(grads),
-                             lambda _, o=opt: o.iterations.numpy(), repeats)
+            t, t_cpu = _median_time(
+                lambda: fn(grads), lambda _, o=opt: o.iterations.numpy(),
+                repeats)
             key = kind + (f"_{dtype}" if dtype not in (None, "float32")
                           else "") + (
                 "_jit" if use_jit else "")
             rows[key] = {
                 "seconds": t,
+                "cpu_seconds": t_cpu,
                 "jit": use_jit,
                 "traces": fn.experimental_get_tracing_count(),
                 "state_dtype": (str(getattr(opt, "state_dtype", "float32"))
@@ -326,11 +333,12 @@ def measure_meta(src: str, config_name: str, repeats: int = 5,
         params, state, task = trainer.draw(0)
         lr = tf.constant(trainer.learning_rate(0), tf.float32)
         step0 = tf.constant(0)
-        t = _median_time(
+        t, t_cpu = _median_time(
             lambda: trainer._meta_step(params, state, task, step0, lr),
             lambda r: r[0].numpy(), repeats)
         return {
             "seconds": t,
+            "cpu_seconds": t_cpu,
             "traces": trainer._meta_step.experimental_get_tracing_count(),
             "coordinates": int(trainer.problem.num_params),
             "unroll_length": int(config.meta.unroll_length),
