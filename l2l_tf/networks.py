@@ -54,8 +54,11 @@ class UpdateRule(abc.ABC):
     def get_config(self) -> dict:
         """Constructor arguments, JSON-serializable."""
 
-    def init_state(self, n: int) -> State:
-        return tuple(tf.zeros(s, tf.float32) for s in self.state_shapes(n))
+    def init_state(self, n: int, dtype=tf.float32) -> State:
+        """Zeros of `state_shapes(n)` in `dtype`. The learned rule also takes
+        bfloat16 (half the memory; its `step` computes in float32 and returns
+        the state in the dtype it got); hand-designed rules float32 only."""
+        return tuple(tf.zeros(s, dtype) for s in self.state_shapes(n))
 
     def state_bytes_per_coordinate(self, dtype=tf.float32) -> int:
         """Bytes of state kept for each coordinate in `dtype`."""
@@ -154,11 +157,6 @@ class CoordinatewiseLSTM(UpdateRule):
         for h in self.hidden_sizes:
             shapes += [(n, h), (n, h)]  # (hidden, cell) of each layer.
         return tuple(shapes)
-
-    def init_state(self, n: int, dtype=tf.float32) -> State:
-        """Zeros of `state_shapes(n)` in `dtype`: float32, or bfloat16 to
-        halve the state's memory (`step` computes in float32 either way)."""
-        return tuple(tf.zeros(s, dtype) for s in self.state_shapes(n))
 
     def step(self, phi: Phi, grads: tf.Tensor, state: State):
         # The network runs in phi's dtype (float32), whatever the gradient's
@@ -302,6 +300,9 @@ class Adam(_HandDesigned):
                  / (1.0 - self.beta_1**t))
         return -alpha * m / (tf.sqrt(v) + self.epsilon), (m, v, t)
 
+
+# The dtypes a learned rule's state can be kept in between steps.
+STATE_DTYPES = ("float32", "bfloat16")
 
 RULES = {
     "lstm": CoordinatewiseLSTM,

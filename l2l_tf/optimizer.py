@@ -103,8 +103,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                     "multiplies the learned update; 1.0 runs it as "
                     f"meta-trained). Received: learning_rate={learning_rate!r}")
             learning_rate = float(learning_rate)  # Keras rejects ints.
-        if state_dtype not in STATE_DTYPES:
-            raise ValueError(f"`state_dtype` must be one of {STATE_DTYPES}. "
+        if state_dtype not in networks.STATE_DTYPES:
+            raise ValueError("`state_dtype` must be one of "
+                             f"{networks.STATE_DTYPES}. "
                              f"Received: state_dtype={state_dtype!r}")
         rule, phi = self._resolve(weights, network)
         parsed_routes = _parse_routes(routes)
@@ -291,9 +292,6 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             "state_dtype": self.state_dtype,
         })
         return config
-
-
-STATE_DTYPES = ("float32", "bfloat16")
 
 
 def _parse_routes(routes):

@@ -123,3 +123,24 @@ def test_no_retracing_after_the_first_step(weights, state_dtype):
     assert step.experimental_get_tracing_count() == 1
     assert int(opt.iterations.numpy()) == 5
     assert int(opt.skipped_steps.numpy()) == 1
+
+
+def test_evaluation_runs_with_a_bfloat16_state():
+    from l2l_tf import evaluation, problems, unroll
+    rule = networks.CoordinatewiseLSTM()
+    phi = {k: tf.constant(v) for k, v in rule.init_phi(seed=5).items()}
+    problem = problems.make("quadratic", "test")
+    curves = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        run = unroll.make_run_fn(rule, problem, 5, state_dtype=dtype)
+        curves[dtype] = run(phi, 3).numpy()
+    # theta_0 and theta_1 see the same (zero) state, after that the
+    # rounded one: close to float32, not equal.
+    np.testing.assert_array_equal(curves[tf.bfloat16][:2],
+                                  curves[tf.float32][:2])
+    np.testing.assert_allclose(curves[tf.bfloat16], curves[tf.float32],
+                               rtol=1e-2)
+    assert not np.array_equal(curves[tf.bfloat16], curves[tf.float32])
+    with pytest.raises(ValueError, match="Received: state_dtype='int8'"):
+        evaluation.evaluate(problem, None, {}, horizons=[2], baselines=(),
+                            state_dtype="int8")
