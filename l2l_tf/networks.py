@@ -168,13 +168,14 @@ class CoordinatewiseLSTM(UpdateRule):
             h_prev, c_prev = state[2 * l], state[2 * l + 1]
             xh = tf.concat([x, tf.cast(h_prev, dtype)], axis=1)
             kernel, bias = phi[f"lstm_{l}/kernel"], phi[f"lstm_{l}/bias"]
-            # One matmul per gate (i, f, g, o: column blocks of the kernel),
-            # not one for all four and a split: splitting the [n, 4h]
-            # pre-activations copies them, which cost more than the matmul.
-            i, f, g, o = (
-                tf.nn.bias_add(tf.matmul(xh, kernel[:, k * h:(k + 1) * h]),
-                               bias[k * h:(k + 1) * h])
-                for k in range(4))
+            if _split_gates(xh):  # The gates in column blocks i, f, g, o.
+                i, f, g, o = tf.split(
+                    tf.nn.bias_add(tf.matmul(xh, kernel), bias), 4, axis=1)
+            else:
+                i, f, g, o = (
+                    tf.nn.bias_add(tf.matmul(xh, kernel[:, k * h:(k + 1) * h]),
+                                   bias[k * h:(k + 1) * h])
+                    for k in range(4))
             c = (tf.sigmoid(f) * tf.cast(c_prev, dtype)
                  + tf.sigmoid(i) * tf.tanh(g))
             x = tf.sigmoid(o) * tf.tanh(c)
@@ -185,6 +186,19 @@ class CoordinatewiseLSTM(UpdateRule):
         out = tf.nn.bias_add(tf.matmul(x, scale * phi["output/kernel"]),
                              scale * phi["output/bias"])
         return tf.reshape(out, [-1]), tuple(new_state)
+
+
+# Below this many coordinates the step computes the four gates with one
+# matmul and splits its [n, 4h] result: that result stays in cache, and one
+# wide matmul runs faster than four narrow ones (forward and backward: the
+# meta-iteration on MNIST's 15,910 coordinates). Above it the split's copy
+# out of memory costs more than the matmuls, and each gate gets its own.
+SPLIT_GATES_BELOW = 32768
+
+
+def _split_gates(xh) -> bool:
+    n = xh.shape[0]
+    return n is not None and n < SPLIT_GATES_BELOW
 
 
 # ---------------------------------------------------------------------------
