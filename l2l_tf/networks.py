@@ -84,11 +84,12 @@ class CoordinatewiseLSTM(UpdateRule):
       output_scale: multiplies the network's output (0.1 in the paper).
 
     phi holds, for layer l, ``lstm_l/kernel`` [in_l + h_l, 4 h_l] (the four
-    gates i, f, g, o in one matrix, so one matmul a layer) and
-    ``lstm_l/bias`` [4 h_l]; then ``output/kernel`` [h_last, 1] and
-    ``output/bias`` [1]. With the defaults that is exactly 5,141 weights.
-    The state is (h_0, c_0, h_1, c_1, ...), each [n, hidden_sizes[l]]: 80
-    floats (320 bytes) a coordinate by default.
+    gates i, f, g, o in column blocks) and ``lstm_l/bias`` [4 h_l]; then
+    ``output/kernel`` [h_last, 1] and ``output/bias`` [1]. With the defaults
+    that is exactly 5,141 weights. The state is (h_0, c_0, h_1, c_1, ...),
+    each [n, hidden_sizes[l]]: 80 floats (320 bytes) a coordinate by
+    default, float32 or bfloat16 (`init_state(n, dtype)`; the network
+    computes in float32 either way).
     """
 
     name = "lstm"
@@ -163,42 +164,33 @@ class CoordinatewiseLSTM(UpdateRule):
         # or the state's; the new state keeps the dtype it came in.
         dtype = phi["output/kernel"].dtype
         x = self._pre.fn(tf.cast(grads, dtype), self.preprocess_p)
+        # A column of ones carries the biases through the matmuls (as a
+        # last kernel row): a matmul fused with its bias add ran at half the
+        # speed of the bare matmul here, and a separate add is another pass.
+        ones = tf.ones_like(x[:, :1])
         new_state = []
         for l, h in enumerate(self.hidden_sizes):
             h_prev, c_prev = state[2 * l], state[2 * l + 1]
-            xh = tf.concat([x, tf.cast(h_prev, dtype)], axis=1)
-            kernel, bias = phi[f"lstm_{l}/kernel"], phi[f"lstm_{l}/bias"]
-            if _split_gates(xh):  # The gates in column blocks i, f, g, o.
-                i, f, g, o = tf.split(
-                    tf.nn.bias_add(tf.matmul(xh, kernel), bias), 4, axis=1)
-            else:
-                i, f, g, o = (
-                    tf.nn.bias_add(tf.matmul(xh, kernel[:, k * h:(k + 1) * h]),
-                                   bias[k * h:(k + 1) * h])
-                    for k in range(4))
+            xh1 = tf.concat([x, tf.cast(h_prev, dtype), ones], axis=1)
+            kernel = tf.concat([phi[f"lstm_{l}/kernel"],
+                                phi[f"lstm_{l}/bias"][None, :]], axis=0)
+            # One matmul per gate (i, f, g, o: column blocks of the kernel),
+            # not one for all four and a split: splitting the [n, 4h]
+            # pre-activations copies them, which at 1M coordinates cost more
+            # than the matmuls.
+            i, f, g, o = (tf.matmul(xh1, kernel[:, k * h:(k + 1) * h])
+                          for k in range(4))
             c = (tf.sigmoid(f) * tf.cast(c_prev, dtype)
                  + tf.sigmoid(i) * tf.tanh(g))
             x = tf.sigmoid(o) * tf.tanh(c)
             new_state += [tf.cast(x, h_prev.dtype), tf.cast(c, c_prev.dtype)]
         # output_scale folded into the output layer's 21 weights: one pass
-        # over the coordinates fewer.
+        # over the coordinates fewer. The reshape comes before the bias so
+        # that no fused matmul-and-add is made of them.
         scale = tf.cast(self.output_scale, dtype)
-        out = tf.nn.bias_add(tf.matmul(x, scale * phi["output/kernel"]),
-                             scale * phi["output/bias"])
-        return tf.reshape(out, [-1]), tuple(new_state)
-
-
-# Below this many coordinates the step computes the four gates with one
-# matmul and splits its [n, 4h] result: that result stays in cache, and one
-# wide matmul runs faster than four narrow ones (forward and backward: the
-# meta-iteration on MNIST's 15,910 coordinates). Above it the split's copy
-# out of memory costs more than the matmuls, and each gate gets its own.
-SPLIT_GATES_BELOW = 32768
-
-
-def _split_gates(xh) -> bool:
-    n = xh.shape[0]
-    return n is not None and n < SPLIT_GATES_BELOW
+        out = (tf.reshape(tf.matmul(x, scale * phi["output/kernel"]), [-1])
+               + scale * phi["output/bias"])
+        return out, tuple(new_state)
 
 
 # ---------------------------------------------------------------------------

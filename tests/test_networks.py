@@ -301,24 +301,3 @@ def test_new_lstm_weights_do_not_retrace():
     assert step.experimental_get_tracing_count() == 1
     assert not np.allclose(u0.numpy(), u1.numpy())
 
-
-def test_per_gate_and_split_matmuls_agree(monkeypatch):
-    """The step computes the gates with one matmul and a split below
-    SPLIT_GATES_BELOW coordinates and one matmul per gate above: the same
-    numbers, forward and backward."""
-    rule = networks.CoordinatewiseLSTM()
-    phi = _as_tensors(rule.init_phi(seed=4))
-    rng = np.random.default_rng(5)
-    grads = tf.constant(rng.normal(0.0, 1e-2, 40), tf.float32)
-    state = _random_state(rule, 40, rng)
-    out = {}
-    for below in (0, 10 ** 9):
-        monkeypatch.setattr(networks, "SPLIT_GATES_BELOW", below)
-        with tf.GradientTape() as tape:
-            tape.watch(list(phi.values()))
-            u, s = rule.step(phi, grads, state)
-            loss = tf.reduce_sum(u ** 2) + sum(tf.reduce_sum(x) for x in s)
-        out[below] = [u, *s, *tape.gradient(loss, list(phi.values()))]
-    for a, b in zip(out[0], out[10 ** 9]):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
-                                   atol=1e-7)
