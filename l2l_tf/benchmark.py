@@ -502,6 +502,10 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
     return add_bounds(result)
 
 
+def _ms(seconds):
+    return None if seconds is None else seconds * 1e3
+
+
 def _fmt(x, spec):
     return "-".rjust(len(format(0.0, spec))) if x is None else format(x, spec)
 
@@ -517,7 +521,7 @@ def format_table(result: dict) -> str:
         f"{result['load_average_end'][0]:.2f} at the end",
         "",
         "update (optimizer.apply on an MLP's variables)",
-        f"{'params':>10} {'variant':<22} {'tree':<8} {'ms':>9} "
+        f"{'params':>10} {'variant':<22} {'tree':<8} {'ms':>9} {'cpu ms':>8} "
         f"{'bound ms':>8} {'t/bound':>7} {'t/adam':>6} {'speedup':>7} "
         f"{'B/param':>7} {'traces':>6} {'peak GiB':>8}",
     ]
@@ -530,6 +534,7 @@ def format_table(result: dict) -> str:
                 lines.append(
                     f"{row['num_params']:>10,} {key:<22} {tree:<8} "
                     f"{r['seconds'] * 1e3:>9.1f} "
+                    f"{_fmt(_ms(r.get('cpu_seconds')), '8.1f')} "
                     f"{r['bound_seconds'] * 1e3:>8.1f} "
                     f"{_fmt(r.get('time_over_bound'), '7.2f')} "
                     f"{_fmt(r.get('time_over_adam'), '6.1f')} "
@@ -537,7 +542,7 @@ def format_table(result: dict) -> str:
                     f"{r['state_bytes_per_param']:>7.1f} "
                     f"{r['traces']:>6} {rss:>8.2f}")
     lines += ["", "meta-iteration (unroll of 20 + backward + phi's Adam step)",
-              f"{'config':<10} {'tree':<8} {'coords':>8} {'ms':>9} "
+              f"{'config':<10} {'tree':<8} {'coords':>8} {'ms':>9} {'cpu ms':>8} "
               f"{'bound ms':>8} {'t/bound':>7} {'speedup':>7} {'traces':>6} "
               f"{'peak GiB':>8}"]
     for row in result["meta"]:
@@ -548,7 +553,9 @@ def format_table(result: dict) -> str:
             speed = row.get("speedup") if tree == "current" else None
             lines.append(
                 f"{row['config']:<10} {tree:<8} {r['coordinates']:>8,} "
-                f"{r['seconds'] * 1e3:>9.1f} {r['bound_seconds'] * 1e3:>8.1f} "
+                f"{r['seconds'] * 1e3:>9.1f} "
+                f"{_fmt(_ms(r.get('cpu_seconds')), '8.1f')} "
+                f"{r['bound_seconds'] * 1e3:>8.1f} "
                 f"{_fmt(r['time_over_bound'], '7.2f')} {_fmt(speed, '7.2f')} "
                 f"{r['traces']:>6} {r['peak_rss_bytes'] / 2 ** 30:>8.2f}")
     return "\n".join(lines)
