@@ -80,7 +80,8 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
              learned: Dict[str, tuple], *, horizons: Sequence[int],
              num_seeds: int = 10, num_tuning_seeds: int = 5,
              baselines: Sequence[str] = networks.BASELINES,
-             learning_rates: Optional[Sequence[float]] = None) -> dict:
+             learning_rates: Optional[Sequence[float]] = None,
+             state_dtype: str = "float32") -> dict:
     """Runs the evaluation protocol of the module doc.
 
     Args:
@@ -92,11 +93,17 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
       num_seeds: reported seeds; num_tuning_seeds: tuning seeds.
       baselines: names of hand-designed rules to compare with.
       learning_rates: the tuning grid (default: `lr_grid()`).
+      state_dtype: the dtype of the learned optimizers' state between steps
+        ("float32" or "bfloat16", as LearnedOptimizer's `state_dtype`).
 
     Returns:
       A JSON-ready dict: per optimizer and horizon, the learning rate, the
       mean loss at every step and its standard error, and the final figures.
     """
+    if state_dtype not in networks.STATE_DTYPES:
+        raise ValueError(f"`state_dtype` must be one of "
+                         f"{networks.STATE_DTYPES}. "
+                         f"Received: state_dtype={state_dtype!r}")
     test_problem = test_problem or problem
     horizons = sorted(int(h) for h in horizons)
     learning_rates = list(learning_rates or lr_grid())
@@ -104,6 +111,7 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
     report_seeds = seeds(TEST_SEED_BASE, num_seeds)
     tuning_seeds = seeds(TUNING_SEED_BASE, num_tuning_seeds)
     results = {"horizons": horizons, "num_seeds": num_seeds,
+               "state_dtype": state_dtype,
                "num_tuning_seeds": num_tuning_seeds,
                "learning_rate_grid": learning_rates, "optimizers": {}}
 
@@ -129,7 +137,8 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
     for name, (rule, phi) in learned.items():
         logging.info("Evaluating %s on %d seeds.", name, num_seeds)
         phi_t = {k: tf.constant(v) for k, v in phi.items()}
-        curves = run_curves(unroll.make_run_fn(rule, test_problem, num_steps),
+        curves = run_curves(unroll.make_run_fn(rule, test_problem, num_steps,
+                                               tf.as_dtype(state_dtype)),
                             phi_t, report_seeds)
         record(name, curves, {h: 1.0 for h in horizons})
 
@@ -248,7 +257,8 @@ def problem_kwargs(config) -> dict:
 
 def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
                     = None, extra: Optional[dict] = None,
-                    title: Optional[str] = None) -> dict:
+                    title: Optional[str] = None,
+                    state_dtype: str = "float32") -> dict:
     """Evaluates exported weights on the problem of `config` (test split).
 
     The problem is config.problem with `problem_kwargs(config)`: the
@@ -264,6 +274,8 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
         nowhere.
       extra: JSON-ready fields added to the results before they are written.
       title: the figures' title (default: the problem's name and split).
+      state_dtype: the learned optimizers' state dtype ("float32" or
+        "bfloat16"); the baselines are unaffected.
     """
     e = config.evaluation
     learned = {}
@@ -275,7 +287,7 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
     results = evaluate(test_problem, None, learned, horizons=e.horizons,
                        num_seeds=e.num_seeds,
                        num_tuning_seeds=e.num_tuning_seeds,
-                       baselines=e.baselines)
+                       baselines=e.baselines, state_dtype=state_dtype)
     results["problem"] = config.problem
     results["split"] = "test"
     results["problem_kwargs"] = json.loads(json.dumps(kwargs, default=str))

@@ -54,12 +54,16 @@ class UpdateRule(abc.ABC):
     def get_config(self) -> dict:
         """Constructor arguments, JSON-serializable."""
 
-    def init_state(self, n: int) -> State:
-        return tuple(tf.zeros(s, tf.float32) for s in self.state_shapes(n))
+    def init_state(self, n: int, dtype=tf.float32) -> State:
+        """Zeros of `state_shapes(n)` in `dtype`. The learned rule also takes
+        bfloat16 (half the memory; its `step` computes in float32 and returns
+        the state in the dtype it got); hand-designed rules float32 only."""
+        return tuple(tf.zeros(s, dtype) for s in self.state_shapes(n))
 
-    def state_bytes_per_coordinate(self) -> int:
-        """Bytes of float32 state kept for each coordinate."""
-        return 4 * sum(int(np.prod(s[1:])) for s in self.state_shapes(1) if s)
+    def state_bytes_per_coordinate(self, dtype=tf.float32) -> int:
+        """Bytes of state kept for each coordinate in `dtype`."""
+        return tf.as_dtype(dtype).size * sum(
+            int(np.prod(s[1:])) for s in self.state_shapes(1) if s)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -80,11 +84,12 @@ class CoordinatewiseLSTM(UpdateRule):
       output_scale: multiplies the network's output (0.1 in the paper).
 
     phi holds, for layer l, ``lstm_l/kernel`` [in_l + h_l, 4 h_l] (the four
-    gates i, f, g, o in one matrix, so one matmul a layer) and
-    ``lstm_l/bias`` [4 h_l]; then ``output/kernel`` [h_last, 1] and
-    ``output/bias`` [1]. With the defaults that is exactly 5,141 weights.
-    The state is (h_0, c_0, h_1, c_1, ...), each [n, hidden_sizes[l]]: 80
-    floats (320 bytes) a coordinate by default.
+    gates i, f, g, o in column blocks) and ``lstm_l/bias`` [4 h_l]; then
+    ``output/kernel`` [h_last, 1] and ``output/bias`` [1]. With the defaults
+    that is exactly 5,141 weights. The state is (h_0, c_0, h_1, c_1, ...),
+    each [n, hidden_sizes[l]]: 80 floats (320 bytes) a coordinate by
+    default, float32 or bfloat16 (`init_state(n, dtype)`; the network
+    computes in float32 either way).
     """
 
     name = "lstm"
@@ -155,24 +160,37 @@ class CoordinatewiseLSTM(UpdateRule):
         return tuple(shapes)
 
     def step(self, phi: Phi, grads: tf.Tensor, state: State):
-        # The network runs in phi's dtype (float32), whatever the gradient's.
-        grads = tf.cast(grads, phi["output/kernel"].dtype)
-        x = self._pre.fn(grads, self.preprocess_p)
+        # The network runs in phi's dtype (float32), whatever the gradient's
+        # or the state's; the new state keeps the dtype it came in.
+        dtype = phi["output/kernel"].dtype
+        x = self._pre.fn(tf.cast(grads, dtype), self.preprocess_p)
+        # A column of ones carries the biases through the matmuls (as a
+        # last kernel row): a matmul fused with its bias add ran at half the
+        # speed of the bare matmul here, and a separate add is another pass.
+        ones = tf.ones_like(x[:, :1])
         new_state = []
-        for l in range(len(self.hidden_sizes)):
+        for l, h in enumerate(self.hidden_sizes):
             h_prev, c_prev = state[2 * l], state[2 * l + 1]
-            # One matmul for the four gates; separate (h, c) tensors rather
-            # than one packed state tensor: slicing a packed state costs more
-            # than the LSTM itself in the backward pass.
-            z = tf.matmul(tf.concat([x, h_prev], axis=1),
-                          phi[f"lstm_{l}/kernel"]) + phi[f"lstm_{l}/bias"]
-            i, f, g, o = tf.split(z, 4, axis=1)
-            c = tf.sigmoid(f) * c_prev + tf.sigmoid(i) * tf.tanh(g)
+            xh1 = tf.concat([x, tf.cast(h_prev, dtype), ones], axis=1)
+            kernel = tf.concat([phi[f"lstm_{l}/kernel"],
+                                phi[f"lstm_{l}/bias"][None, :]], axis=0)
+            # One matmul per gate (i, f, g, o: column blocks of the kernel),
+            # not one for all four and a split: splitting the [n, 4h]
+            # pre-activations copies them, which at 1M coordinates cost more
+            # than the matmuls.
+            i, f, g, o = (tf.matmul(xh1, kernel[:, k * h:(k + 1) * h])
+                          for k in range(4))
+            c = (tf.sigmoid(f) * tf.cast(c_prev, dtype)
+                 + tf.sigmoid(i) * tf.tanh(g))
             x = tf.sigmoid(o) * tf.tanh(c)
-            new_state += [x, c]
-        out = tf.matmul(x, phi["output/kernel"]) + phi["output/bias"]
-        updates = self.output_scale * out[:, 0]
-        return updates, tuple(new_state)
+            new_state += [tf.cast(x, h_prev.dtype), tf.cast(c, c_prev.dtype)]
+        # output_scale folded into the output layer's 21 weights: one pass
+        # over the coordinates fewer. The reshape comes before the bias so
+        # that no fused matmul-and-add is made of them.
+        scale = tf.cast(self.output_scale, dtype)
+        out = (tf.reshape(tf.matmul(x, scale * phi["output/kernel"]), [-1])
+               + scale * phi["output/bias"])
+        return out, tuple(new_state)
 
 
 # ---------------------------------------------------------------------------
@@ -288,6 +306,9 @@ class Adam(_HandDesigned):
                  / (1.0 - self.beta_1**t))
         return -alpha * m / (tf.sqrt(v) + self.epsilon), (m, v, t)
 
+
+# The dtypes a learned rule's state can be kept in between steps.
+STATE_DTYPES = ("float32", "bfloat16")
 
 RULES = {
     "lstm": CoordinatewiseLSTM,

@@ -25,7 +25,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
 
     phi (5,141 weights by default) is shared by all coordinates and was
     meta-trained by `train.meta_train`; each coordinate keeps its own LSTM
-    state (80 floats, 320 bytes, a coordinate by default).
+    state (80 floats, 320 bytes, a coordinate by default; 160 bytes with
+    `state_dtype="bfloat16"`).
 
     Args:
       weights: the name of weights shipped with the package
@@ -45,6 +46,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         for a huge embedding whose 320 bytes a parameter of LSTM state would
         be too much (Adam keeps 8). Rules: "sgd", "nag", "rmsprop", "adam";
         their update is also multiplied by `learning_rate`.
+      state_dtype: "float32" (the default) or "bfloat16": the dtype in
+        which the per-coordinate LSTM state is kept. bfloat16 halves it (160
+        bytes a coordinate instead of 320) and the memory traffic of every
+        step; the network still computes in float32 with its float32 weights,
+        and the state is rounded to bfloat16 after each step (8 bits of
+        mantissa: updates differ from float32's by about 0.1%; BUILD.md
+        gives the effect on a whole training run). State of routed variables stays
+        float32.
       weight_decay: if set, decoupled weight decay: each step subtracts
         `learning_rate * weight_decay * theta` (learning_rate being the
         multiplier of the learned update, 1.0 by default).
@@ -87,6 +96,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         learning_rate=1.0,
         network: Optional[dict] = None,
         routes: Optional[dict] = None,
+        state_dtype: str = "float32",
         weight_decay=None,
         clipnorm=None,
         clipvalue=None,
@@ -107,6 +117,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                     "multiplies the learned update; 1.0 runs it as "
                     f"meta-trained). Received: learning_rate={learning_rate!r}")
             learning_rate = float(learning_rate)  # Keras rejects ints.
+        if state_dtype not in networks.STATE_DTYPES:
+            raise ValueError("`state_dtype` must be one of "
+                             f"{networks.STATE_DTYPES}. "
+                             f"Received: state_dtype={state_dtype!r}")
         rule, phi = self._resolve(weights, network)
         parsed_routes = _parse_routes(routes)
         super().__init__(
@@ -127,6 +141,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self.rule = rule
         self._initial_phi = phi
         self.routes = parsed_routes
+        self.state_dtype = state_dtype
 
     @staticmethod
     def _resolve(weights, network):
@@ -180,8 +195,9 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             shape=(), initializer="zeros", dtype="int64",
             name="skipped_steps")
         # Per-variable state, zeros: for the LSTM (h, c) of each layer,
-        # [size, units], float32 whatever the variable's dtype; for a
-        # variable routed to a hand-designed rule, that rule's state.
+        # [size, units], in state_dtype whatever the variable's dtype; for a
+        # variable routed to a hand-designed rule, that rule's state
+        # (float32).
         self._lstm_states = []
         self._var_rules = []
         for var in var_list:
@@ -189,9 +205,10 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             path = getattr(var, "path", var.name)
             rule = self._rule_for(path)
             self._var_rules.append(rule)
+            dtype = self.state_dtype if rule is self.rule else "float32"
             self._lstm_states.append([
                 self.add_variable(shape=shape, initializer="zeros",
-                                  dtype="float32",
+                                  dtype=dtype,
                                   name=f"{path.replace('/', '_')}_"
                                        f"{rule.name}_{k}")
                 for k, shape in enumerate(rule.state_shapes(size))
@@ -240,23 +257,28 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             # Rows that got no gradient see a zero gradient and advance
             # their state, exactly as with the equivalent dense gradient.
             gradient = tf.convert_to_tensor(gradient)
-        grads = tf.reshape(tf.cast(gradient, tf.float32), [-1])
-        phi = self._phi_dict() if rule is self.rule else rule.init_phi()
-        updates, new_states = rule.step(
-            phi, grads, tuple(s.value for s in states))
-        lr = tf.cast(learning_rate, tf.float32)
-        delta = lr * updates
-        if self.weight_decay and self._use_weight_decay(variable):
-            # Decoupled weight decay, as Keras applies it: -lr * wd * theta
-            # (lr being the multiplier of the learned update).
-            delta -= lr * tf.cast(self.weight_decay, tf.float32) * tf.reshape(
-                tf.cast(variable, tf.float32), [-1])
-        # A select rather than a tf.cond: XLA- and tf.distribute-friendly,
-        # and the non-finite values are never used.
-        for s, new in zip(states, new_states):
-            self.assign(s, tf.where(finite, new, s.value))
-        self.assign_add(variable, tf.reshape(
-            tf.where(finite, delta, tf.zeros_like(delta)), tf.shape(variable)))
+
+        def update():
+            grads = tf.reshape(tf.cast(gradient, tf.float32), [-1])
+            phi = self._phi_dict() if rule is self.rule else rule.init_phi()
+            updates, new_states = rule.step(
+                phi, grads, tuple(s.value for s in states))
+            lr = tf.cast(learning_rate, tf.float32)
+            delta = lr * updates
+            if self.weight_decay and self._use_weight_decay(variable):
+                # Decoupled weight decay, as Keras applies it: -lr * wd *
+                # theta (lr being the multiplier of the learned update).
+                delta -= lr * tf.cast(self.weight_decay, tf.float32) * (
+                    tf.reshape(tf.cast(variable, tf.float32), [-1]))
+            for s, new in zip(states, new_states):
+                self.assign(s, new)
+            self.assign_add(variable, tf.reshape(delta, tf.shape(variable)))
+            return tf.constant(True)
+
+        # A cond, so that a skipped step costs nothing and a taken one no
+        # select over the state (four passes over 80 floats a coordinate);
+        # XLA and tf.distribute take it as they take a select.
+        tf.cond(finite, update, lambda: tf.constant(False))
 
     def _clip_gradients(self, grads):
         clipped = super()._clip_gradients(grads)
@@ -307,6 +329,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             "network": self.rule.get_config(),
             "routes": {pattern: {"rule": rule.name, **rule.get_config()}
                        for pattern, rule in self.routes} or None,
+            "state_dtype": self.state_dtype,
         })
         return config
 

@@ -66,13 +66,15 @@ def unroll(rule, phi, problem, params, state, task, step0, length: int):
 
 
 def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
-                num_steps: int):
+                num_steps: int, state_dtype=tf.float32):
     """A compiled `run(phi, seed) -> losses [num_steps + 1]`.
 
     Trains a fresh optimizee drawn with `seed` for `num_steps` steps and
     returns `problem.eval_loss` at theta_0 .. theta_num_steps. The loop is a
     tf.while_loop, so long runs trace quickly; phi and seed are tensors, so
-    new learning rates or seeds never retrace.
+    new learning rates or seeds never retrace. `state_dtype`: the dtype the
+    rule's state is kept in between steps (bfloat16 for a learned rule, as
+    `LearnedOptimizer(state_dtype="bfloat16")` keeps it).
     """
 
     if hasattr(rule, "bind"):  # Grouped networks: assign coordinates.
@@ -80,7 +82,8 @@ def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
 
     @tf.function(reduce_retracing=True)
     def _run(phi, params, task):
-        state = rule.init_state(sum(p.shape.num_elements() for p in params))
+        state = rule.init_state(sum(p.shape.num_elements() for p in params),
+                                state_dtype)
         losses = tf.TensorArray(tf.float32, size=num_steps + 1)
         losses = losses.write(0, problem.eval_loss(params, task))
 

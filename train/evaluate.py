@@ -1,6 +1,9 @@
 """Evaluates learned weights against SGD, NAG, RMSprop and Adam, each tuned.
 
     python -m train.evaluate --config=configs/mnist.py --weights=mnist --workdir=/tmp/l2l/eval
+    # The learned optimizer with its state kept in bfloat16:
+    python -m train.evaluate --config=configs/mnist.py --weights=mnist \
+        --state_dtype=bfloat16 --workdir=/tmp/l2l/eval_bf16
 
 --weights is a shipped name (see l2l_tf.pretrained_names()) or the path of a
 SavedModel written by train.meta_train. Prints a table and writes
@@ -23,6 +26,10 @@ _WEIGHTS = flags.DEFINE_string(
     "weights", None, "Shipped weights name or SavedModel path.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where evaluation.json is written.")
+_STATE_DTYPE = flags.DEFINE_enum(
+    "state_dtype", "float32", ["float32", "bfloat16"],
+    "The learned optimizer's state dtype between steps (as "
+    "LearnedOptimizer(state_dtype=...)); baselines are unaffected.")
 flags.mark_flags_as_required(["config", "weights", "workdir"])
 
 
@@ -34,7 +41,8 @@ def main(argv):
     _cli.checked(meta.validate_config, config)  # Fail before any work on a bad config ...
     _cli.checked(saved_model.resolve_path, _WEIGHTS.value)  # ... or bad weights.
     results = evaluation.evaluate_config(
-        config, {"learned": _WEIGHTS.value}, _WORKDIR.value)
+        config, {"learned": _WEIGHTS.value}, _WORKDIR.value,
+        state_dtype=_STATE_DTYPE.value)
     print(evaluation.format_table(results))
     print(f"\nWritten: {os.path.join(_WORKDIR.value, 'evaluation.json')}")
 

@@ -1,0 +1,117 @@
+"""The benchmark's counts, bounds and ratios by hand, and a tiny run.
+
+Timings are never asserted: only that every row runs, traces once, and
+that the arithmetic on its numbers is right.
+"""
+
+import numpy as np
+import pytest
+
+from l2l_tf import benchmark, problems
+
+
+def test_lstm_counts_by_hand():
+    # Layer 1: [x (2), h (20)] x [22, 80]; layer 2: [40, 80]; output 20.
+    assert benchmark.lstm_macs_per_coordinate((20, 20), 2) == (
+        22 * 80 + 40 * 80 + 20) == 4980
+    # One layer of 5 on the raw gradient: [1 + 5, 20] + 5.
+    assert benchmark.lstm_macs_per_coordinate((5,), 1) == 6 * 20 + 5
+    assert benchmark.lstm_state_bytes((20, 20)) == 80 * 4 == 320
+    assert benchmark.lstm_state_bytes((20, 20), 2) == 160
+    # Read g, read + write theta, read + write the state.
+    assert benchmark.update_bytes_per_coordinate(320) == 4 + 8 + 640 == 652
+    assert benchmark.update_bytes_per_coordinate(160) == 332
+    counts = benchmark.network_counts(
+        {"hidden_sizes": [20, 20], "preprocess": "log_sign"}, "bfloat16")
+    assert counts == {"macs_per_coordinate": 4980, "state_bytes": 160,
+                      "update_bytes_per_coordinate": 332}
+    with pytest.raises(ValueError, match="state_dtype.*Received: "
+                                         "state_dtype='int8'"):
+        benchmark.network_counts({}, "int8")
+
+
+def test_optimizee_and_meta_counts_by_hand():
+    mnist = problems.make("mnist", "train")
+    # 5 x batch 128 x (784 * 20 + 20 * 10) multiply-adds a step.
+    assert benchmark.optimizee_macs_per_step(mnist) == 5 * 128 * 15880
+    quadratic = problems.make("quadratic", "train")
+    assert benchmark.optimizee_macs_per_step(quadratic) == 5 * 128 * 100
+    macs, nbytes = benchmark.meta_counts(15910, 20, 4980, 652, 10_163_200)
+    assert macs == 3 * 4980 * 15910 * 20 + 10_163_200 * 20
+    assert nbytes == 3 * 652 * 15910 * 20
+
+
+def test_mlp_shapes_hit_the_size():
+    for n in (100_000, 1_000_000, 10_000_000):
+        shapes = benchmark.mlp_shapes(n)
+        total = sum(int(np.prod(s)) for s in shapes)
+        assert abs(total - n) <= (784 + 1 + 10) / 2  # Half a hidden unit.
+        assert shapes[0][0] == 784 and shapes[2][1] == 10
+    with pytest.raises(ValueError, match="Received: num_params=10"):
+        benchmark.mlp_shapes(10)
+
+
+def test_bounds_and_ratios_by_hand():
+    result = {
+        "ceilings": {"matmul_flops_per_s": 1e11, "copy_bytes_per_s": 1e10},
+        "network": {"hidden_sizes": [20, 20], "preprocess": "log_sign"},
+        "update": [{
+            "num_params": 1000,
+            "baseline": {
+                "adam": {"seconds": 1e-5, "jit": False},
+                "learned": {"seconds": 4e-4, "jit": False,
+                            "state_dtype": "float32"}},
+            "current": {
+                "adam": {"seconds": 1e-5, "jit": False},
+                "learned": {"seconds": 2e-4, "jit": False,
+                            "state_dtype": "float32"},
+                "learned_bfloat16": {"seconds": 1e-4, "jit": False,
+                                     "state_dtype": "bfloat16"}},
+        }],
+        "meta": [{"config": "x", "current": {
+            "seconds": 0.5, "coordinates": 1000, "unroll_length": 20,
+            "network": {"hidden_sizes": [20, 20]},
+            "optimizee_macs_per_step": 0}}],
+    }
+    benchmark.add_bounds(result)
+    row = result["update"][0]
+    # Compute: 2 * 4980 * 1000 / 1e11 = 9.96e-5 s; memory 652e3 / 1e10.
+    learned = row["current"]["learned"]
+    assert learned["bound_seconds"] == pytest.approx(9.96e-5)
+    assert learned["time_over_bound"] == pytest.approx(2e-4 / 9.96e-5)
+    assert learned["time_over_adam"] == pytest.approx(20.0)
+    # Adam: memory-bound, 28 bytes a coordinate.
+    assert row["bound_seconds"]["adam"] == pytest.approx(28e3 / 1e10)
+    # bf16 state: still compute-bound here (332e3 / 1e10 < 9.96e-5).
+    assert row["current"]["learned_bfloat16"]["bound_seconds"] == (
+        pytest.approx(9.96e-5))
+    assert row["speedup"] == {"adam": pytest.approx(1.0),
+                              "learned": pytest.approx(2.0)}
+    meta = result["meta"][0]["current"]
+    assert meta["macs"] == 3 * 4980 * 20_000
+    assert meta["bytes"] == 3 * 652 * 20_000
+    assert meta["bound_seconds"] == pytest.approx(
+        max(2 * 3 * 4980 * 20_000 / 1e11, 3 * 652 * 20_000 / 1e10))
+    assert benchmark.ratio(1.0, None) is None
+    assert benchmark.ratio(None, 1.0) is None
+
+
+def test_quick_run_measures_every_row():
+    # Without jit_compile (XLA compiles take seconds; the optimizer's XLA
+    # path is tested in test_optimizer_keras.py).
+    result = benchmark.run(**{**benchmark.QUICK, "repeats": 1,
+                              "isolate": False, "jit": (False,)})
+    (row,) = result["update"]
+    assert row["num_params"] == 784 * 3 + 3 + 30 + 10
+    assert set(row["current"]) == {"adam", "learned"}
+    for key, r in row["current"].items():
+        assert r["traces"] == 1, key
+        assert r["seconds"] > 0 and r["time_over_bound"] > 0
+    assert row["current"]["learned"]["state_bytes_per_param"] == 320
+    assert row["current"]["adam"]["state_bytes_per_param"] == 8
+    (meta,) = result["meta"]
+    assert meta["current"]["coordinates"] == 1280
+    assert meta["current"]["traces"] == 1
+    assert meta["current"]["macs"] == (3 * 4980 * 1280 * 2 + 64_000 * 2)
+    table = benchmark.format_table(result)
+    assert "learned" in table and "quadratic" in table
