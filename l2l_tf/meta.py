@@ -557,11 +557,14 @@ class MetaTrainer:
 
     # -- the loop --------------------------------------------------------------
 
-    def _check_same_experiment(self):
+    def _check_same_experiment(self, iteration: int):
         """Refuses to resume a workdir that holds another experiment.
 
         Only fields that do not alter what was learned up to the checkpoint
-        may change: meta.num_iterations, log_every and evaluation.*.
+        (at `iteration`) may change: meta.num_iterations, log_every,
+        evaluation.*, and meta.curriculum stages that start at or after
+        `iteration` (a run can branch into a new curriculum from a
+        checkpoint).
         """
         path = os.path.join(self.workdir, "config.json")
         if not os.path.exists(path):
@@ -574,13 +577,17 @@ class MetaTrainer:
             d.pop("log_every", None)
             d.pop("evaluation", None)
             d.get("meta", {}).pop("num_iterations", None)
+            m = d.get("meta", {})
+            m["curriculum"] = [list(e) for e in m.get("curriculum", [])
+                               if e[0] < iteration]
         if saved != current:
             diff = sorted(_diff(saved, current))
             raise ValueError(
                 f"--workdir {self.workdir!r} holds checkpoints of another "
                 f"experiment; these config fields differ: {diff}. Use a new "
-                "workdir (only meta.num_iterations, log_every and evaluation.* "
-                "may change on resume).")
+                "workdir (only meta.num_iterations, log_every, evaluation.* "
+                "and meta.curriculum stages from the checkpoint's iteration "
+                f"({iteration}) on may change on resume).")
 
     def train(self, until: Optional[int] = None) -> Result:
         """Meta-trains to `config.meta.num_iterations` (resuming if possible).
@@ -597,7 +604,8 @@ class MetaTrainer:
         os.makedirs(self.workdir, exist_ok=True)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         if latest:
-            self._check_same_experiment()
+            self._check_same_experiment(int(tf.train.load_variable(
+                latest, "iteration/.ATTRIBUTES/VARIABLE_VALUE")))
         if self.is_chief:
             for name in ("export", "export_last"):
                 saved_model.recover(os.path.join(self.workdir, name))

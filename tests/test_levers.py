@@ -358,3 +358,31 @@ def test_evaluate_binary_parses_several_weights():
     for bad in (["a=x", "a=y"], ["a=x", "y"], ["=x"]):
         with pytest.raises(app.UsageError, match="NAME=SPEC"):
             evaluate.parse_weights(bad)
+
+
+def test_a_checkpoint_can_branch_into_a_new_curriculum(tmp_path):
+    """Stages that start at or after the checkpoint may change on resume,
+    and the branch equals a run that had that curriculum from the start;
+    a stage that had already started may not change."""
+    def config(curriculum):
+        c = tiny_quadratic_config(curriculum=curriculum)
+        c.meta.num_iterations = 12
+        c.checkpoint_every = c.eval_every = 4
+        return c
+
+    tf.config.experimental.enable_op_determinism()
+    try:
+        straight = meta.MetaTrainer(config(((4, 20),)), str(tmp_path / "a"))
+        straight.train()
+        meta.MetaTrainer(config(((8, 20),)), str(tmp_path / "b")).train(
+            until=4)
+        branch = meta.MetaTrainer(config(((4, 20),)), str(tmp_path / "b"))
+        assert branch.train().iterations == 12
+        for name, value in straight.phi_numpy().items():
+            np.testing.assert_allclose(branch.phi_numpy()[name], value,
+                                       rtol=1e-6)
+    finally:
+        tf_config.disable_op_determinism()
+    with pytest.raises(ValueError, match=r"another experiment.*"
+                       r"meta.curriculum.*iteration \(12\)"):
+        meta.MetaTrainer(config(((8, 20),)), str(tmp_path / "b")).train()
