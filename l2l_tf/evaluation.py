@@ -234,6 +234,13 @@ def compare(results: dict) -> dict:
     return out
 
 
+def _number(x: float) -> str:
+    """4 decimals, or 4 significant digits below 0.001 (long runs reach
+    losses of 1e-5, which 4 decimals show as 0.0000)."""
+    return f"{x:.4f}" if x == 0 or abs(x) >= 1e-3 or not math.isfinite(x) \
+        else f"{x:.3e}"
+
+
 def format_table(results: dict) -> str:
     """A plain-text table: final mean +- stderr per optimizer and horizon."""
     horizons = results["horizons"]
@@ -247,7 +254,8 @@ def format_table(results: dict) -> str:
             e = entry["per_horizon"][str(h)]
             lr = (f"(lr {e['learning_rate']:.3g})"
                   if entry.get("kind") == "baseline" else "")
-            row += f"{e['final_mean']:>12.4f} +- {e['final_stderr']:.4f} {lr:<11}"
+            row += (f"{_number(e['final_mean']):>12} +- "
+                    f"{_number(e['final_stderr'])} {lr:<11}")
         lines.append(row)
     verdicts = []
     for key, c in results.get("comparisons", {}).items():
@@ -282,7 +290,8 @@ def format_markdown(results: dict) -> str:
             e = entry["per_horizon"][str(h)]
             lr = (f"{e['learning_rate']:.3g}" if entry.get("kind") ==
                   "baseline" else "as trained")
-            cells += [f"{e['final_mean']:.4f} ± {e['final_stderr']:.4f}", lr]
+            cells += [f"{_number(e['final_mean'])} ± "
+                      f"{_number(e['final_stderr'])}", lr]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -386,3 +386,19 @@ def test_a_checkpoint_can_branch_into_a_new_curriculum(tmp_path):
     with pytest.raises(ValueError, match=r"another experiment.*"
                        r"meta.curriculum.*iteration \(12\)"):
         meta.MetaTrainer(config(((8, 20),)), str(tmp_path / "b")).train()
+
+
+def test_tables_show_tiny_long_run_losses_in_significant_digits():
+    results = {"horizons": [1000], "optimizers": {
+        "learned": {"kind": "learned", "mean": [1.0, 2.97e-5],
+                    "per_horizon": {"1000": {
+                        "learning_rate": 1.0, "final_mean": 2.9731e-5,
+                        "final_stderr": 1.2e-6}}},
+        "adam": {"kind": "baseline", "mean": [1.0, 0.5],
+                 "per_horizon": {"1000": {
+                     "learning_rate": 0.01, "final_mean": 0.5,
+                     "final_stderr": 0.02}}}}}
+    assert "2.973e-05 +- 1.200e-06" in evaluation.format_table(results)
+    lines = evaluation.format_markdown(results).splitlines()
+    assert lines[2] == "| learned | 2.973e-05 ± 1.200e-06 | as trained |"
+    assert lines[3] == "| adam | 0.5000 ± 0.0200 | 0.01 |"
