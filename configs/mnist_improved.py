@@ -17,8 +17,9 @@ changes the objective and the horizon, not the network:
   reported horizon), cut into the same unrolls of 20;
 - validation on both reported horizons (the geometric mean of the mean
   losses at steps 100 and 200) picks the export;
-- a lower, decaying meta learning rate and clipped meta-gradients, as it
-  starts from trained weights rather than from scratch.
+- a lower, decaying meta learning rate, clipped meta-gradients and a
+  Polyak average of phi, as it starts from trained weights rather than
+  from scratch; the starting weights compete for the export.
 
 The network, preprocessing and problem are configs/mnist.py's.
 """
@@ -33,10 +34,11 @@ def get_config():
     m.num_iterations = 3000
     m.meta_loss = "log_mean"
     m.curriculum = ((1000, 200),)   # 200 runs of 100 steps, then 200 steps.
-    # Fresh Adam moments at 1e-3 moved trained weights off their optimum in
-    # 100-iteration screens (validation 0.025 -> 0.028 with either loss).
-    m.learning_rate = 5e-4
-    m.final_learning_rate = 5e-5
+    # Fresh Adam moments move trained weights off their optimum: in
+    # 150-iteration screens the validation score (0.0246 at the start) went
+    # to 0.028-0.031 at 1e-3 and 5e-4, and stayed at 0.023-0.025 at 1.5e-4.
+    m.learning_rate = 2e-4
+    m.final_learning_rate = 2e-5
     m.clip_norm = 5.0            # Log meta-loss: gradient norms ~2, tail 15.
     m.ema_decay = 0.99           # Validate and export the average of phi.
     m.param_scale_range = 1.0    # Random scaling: off (see BUILD.md).
@@ -45,5 +47,6 @@ def get_config():
     config.eval_every = 200
     config.validation.horizon = 200
     config.validation.horizons = (100, 200)
+    config.validation.include_initial = True  # Never export a regression.
     config.evaluation.horizons = (100, 200)
     return config

@@ -62,6 +62,10 @@ CONFIG_DEFAULTS = {
     # Steps at which validation scores an export (the geometric mean of the
     # mean losses there); empty: validation.horizon alone.
     "validation.horizons": (),
+    # Validate (and export, as the best so far) the starting weights before
+    # the first meta-step: with meta.init_weights, the export can then never
+    # be worse on validation than the weights it started from.
+    "validation.include_initial": False,
     # The baselines' tuning grid; empty: evaluation.lr_grid().
     "evaluation.learning_rates": (),
 }
@@ -620,6 +624,14 @@ class MetaTrainer:
                          int(self.iteration.numpy()))
         start_it = int(self.iteration.numpy())
         total = config.meta.num_iterations
+        if start_it == 0 and field(config, "validation.include_initial"):
+            # Fine-tuning: the starting weights are a candidate export too,
+            # so the export is never worse on validation than the start.
+            val = self.validate()
+            logging.info("Initial weights: val %.4f", val)
+            if val < float(self.best_validation.numpy()):
+                self.best_validation.assign(val)
+                self.export("export", val)
         start_time = last_time = time.time()
         last_it = start_it
         # TensorBoard: `tensorboard --logdir=WORKDIR/tensorboard`.

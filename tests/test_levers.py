@@ -13,7 +13,7 @@ from tensorflow.python.framework import config as tf_config
 from configs import mnist as mnist_config
 from configs import mnist_improved as improved_config
 from configs import mnist_long as long_config
-from l2l_tf import evaluation, meta, networks, problems, unroll
+from l2l_tf import evaluation, meta, networks, problems, saved_model, unroll
 from l2l_tf.problems import base
 
 from configs import quadratic as quadratic_config
@@ -402,3 +402,22 @@ def test_tables_show_tiny_long_run_losses_in_significant_digits():
     lines = evaluation.format_markdown(results).splitlines()
     assert lines[2] == "| learned | 2.973e-05 ± 1.200e-06 | as trained |"
     assert lines[3] == "| adam | 0.5000 ± 0.0200 | 0.01 |"
+
+
+@pytest.mark.parametrize("include_initial", [False, True])
+def test_initial_weights_compete_for_the_export(tmp_path, include_initial):
+    config = tiny_quadratic_config()
+    config.validation.include_initial = include_initial
+    trainer = meta.MetaTrainer(config, str(tmp_path))
+    scores = iter([0.5, 0.6, 0.7, 0.8] if include_initial else [0.6, 0.7,
+                                                                0.8])
+    trainer.validate = lambda: next(scores)
+    start = trainer.phi_numpy()
+    result = trainer.train()
+    _, exported, metadata = saved_model.load(result.export_dir)
+    if include_initial:  # Validations at 0 (start), 4, 8, 10: 0 is best.
+        assert result.best_validation == 0.5 and metadata["iteration"] == 0
+        for n, v in start.items():
+            np.testing.assert_array_equal(exported[n], v)
+    else:
+        assert result.best_validation == 0.6 and metadata["iteration"] == 4
