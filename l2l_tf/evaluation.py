@@ -61,6 +61,44 @@ def summarize(curves: np.ndarray) -> dict:
     return {"mean": mean, "stderr": np.nan_to_num(stderr, nan=np.inf)}
 
 
+def stability(curves: np.ndarray, factor: float = 2.0) -> dict:
+    """Whether runs diverge: every loss finite and never above `factor`
+    times the lowest loss reached so far (its running minimum).
+
+    Args:
+      curves: losses [num_seeds, num_steps + 1].
+      factor: the allowed rise over the running minimum.
+
+    Returns:
+      A JSON-ready dict: `stable` (every seed finite and within `factor`),
+      `finite`, `max_ratio` (the largest loss / running-minimum ratio of any
+      seed at any step, inf if a loss is not finite), `max_ratio_per_seed`,
+      `worst_step` (the step of the largest ratio, per seed) and
+      `mean_curve_max_ratio` (the same ratio for the mean curve).
+    """
+    curves = np.asarray(curves, np.float64)
+    finite = np.all(np.isfinite(curves), axis=1)
+
+    def ratios(c):
+        c = np.where(np.isfinite(c), c, np.inf)
+        running_min = np.minimum.accumulate(c, axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(c == running_min, 1.0, c / running_min)
+        return np.where(np.isnan(r), np.inf, r)
+
+    per_step = ratios(curves)
+    per_seed = per_step.max(axis=1)
+    return {
+        "factor": factor,
+        "stable": bool(np.all(finite) and np.all(per_seed <= factor)),
+        "finite": bool(np.all(finite)),
+        "max_ratio": float(per_seed.max()),
+        "max_ratio_per_seed": [float(r) for r in per_seed],
+        "worst_step": [int(i) for i in per_step.argmax(axis=1)],
+        "mean_curve_max_ratio": float(ratios(curves.mean(axis=0)).max()),
+    }
+
+
 def tune(rule: networks.UpdateRule, problem: base.Problem,
          horizons: Sequence[int], learning_rates: Sequence[float],
          tuning_seeds: Sequence[int]) -> Dict[int, float]:
@@ -132,6 +170,7 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
             }
         entry["mean"] = stats["mean"].tolist()
         entry["stderr"] = stats["stderr"].tolist()
+        entry["stability"] = stability(curves)
         results["optimizers"][name] = entry
 
     for name, (rule, phi) in learned.items():
@@ -169,6 +208,8 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
             }
         entry["mean"] = stats[num_steps]["mean"].tolist()
         entry["stderr"] = stats[num_steps]["stderr"].tolist()
+        # Of the curve tuned for the longest horizon.
+        entry["stability"] = stability(per_lr[best[num_steps]])
         results["optimizers"][name] = entry
 
     results["comparisons"] = compare(results)
@@ -201,6 +242,13 @@ def compare(results: dict) -> dict:
     return out
 
 
+def _number(x: float) -> str:
+    """4 decimals, or 4 significant digits below 0.001 (long runs reach
+    losses of 1e-5, which 4 decimals show as 0.0000)."""
+    return f"{x:.4f}" if x == 0 or abs(x) >= 1e-3 or not math.isfinite(x) \
+        else f"{x:.3e}"
+
+
 def format_table(results: dict) -> str:
     """A plain-text table: final mean +- stderr per optimizer and horizon."""
     horizons = results["horizons"]
@@ -214,7 +262,8 @@ def format_table(results: dict) -> str:
             e = entry["per_horizon"][str(h)]
             lr = (f"(lr {e['learning_rate']:.3g})"
                   if entry.get("kind") == "baseline" else "")
-            row += f"{e['final_mean']:>12.4f} +- {e['final_stderr']:.4f} {lr:<11}"
+            row += (f"{_number(e['final_mean']):>12} +- "
+                    f"{_number(e['final_stderr'])} {lr:<11}")
         lines.append(row)
     verdicts = []
     for key, c in results.get("comparisons", {}).items():
@@ -224,6 +273,15 @@ def format_table(results: dict) -> str:
             f"{'beats' if c['beats'] else 'does not beat'} "
             f"(ratio {c['ratio']:.3f}, margin {c['margin']:+.4f}, "
             f"stderr {c['stderr']:.4f})")
+    for name, entry in results["optimizers"].items():
+        st = entry.get("stability")
+        if st:
+            verdicts.append(
+                f"{name} over {len(entry['mean']) - 1} steps: "
+                f"{'stable' if st['stable'] else 'DIVERGES'} (finite: "
+                f"{st['finite']}; max loss / running minimum "
+                f"{st['max_ratio']:.3g}, of the mean curve "
+                f"{st['mean_curve_max_ratio']:.3g}; limit {st['factor']:g})")
     return "\n".join(lines + [""] + verdicts)
 
 
@@ -240,7 +298,8 @@ def format_markdown(results: dict) -> str:
             e = entry["per_horizon"][str(h)]
             lr = (f"{e['learning_rate']:.3g}" if entry.get("kind") ==
                   "baseline" else "as trained")
-            cells += [f"{e['final_mean']:.4f} ± {e['final_stderr']:.4f}", lr]
+            cells += [f"{_number(e['final_mean'])} ± "
+                      f"{_number(e['final_stderr'])}", lr]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -284,10 +343,12 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
         learned[name] = (rule, phi)
     kwargs = problem_kwargs(config)
     test_problem = problems.make(config.problem, "test", **kwargs)
+    grid = e.learning_rates if "learning_rates" in e else ()
     results = evaluate(test_problem, None, learned, horizons=e.horizons,
                        num_seeds=e.num_seeds,
                        num_tuning_seeds=e.num_tuning_seeds,
-                       baselines=e.baselines, state_dtype=state_dtype)
+                       baselines=e.baselines, state_dtype=state_dtype,
+                       learning_rates=list(grid) or None)
     results["problem"] = config.problem
     results["split"] = "test"
     results["problem_kwargs"] = json.loads(json.dumps(kwargs, default=str))

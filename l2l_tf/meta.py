@@ -47,6 +47,26 @@ CONFIG_DEFAULTS = {
     # Overrides of problem_kwargs for the evaluation (test split) only, e.g.
     # other classes for held-out-label studies; empty: the same problem.
     "evaluation.problem_kwargs": {},
+    # How each step's loss enters the meta-loss: unroll.META_LOSSES.
+    "meta.meta_loss": "mean",
+    # ((start_iteration, run_length), ...): from each start on, optimizees
+    # are trained for that many steps (a curriculum of growing horizons);
+    # before the first start, meta.run_length. Empty: meta.run_length always.
+    "meta.curriculum": (),
+    # Random scaling of the training optimizees (problems.RandomlyScaled):
+    # coordinate factors in [1/r, r] and a loss factor in [1/r_l, r_l];
+    # 1.0: none. Validation and evaluation never scale.
+    "meta.param_scale_range": 1.0,
+    "meta.loss_scale_range": 1.0,
+    # Steps at which validation scores an export (the geometric mean of the
+    # mean losses there); empty: validation.horizon alone.
+    "validation.horizons": (),
+    # Validate (and export, as the best so far) the starting weights before
+    # the first meta-step: with meta.init_weights, the export can then never
+    # be worse on validation than the weights it started from.
+    "validation.include_initial": False,
+    # The baselines' tuning grid; empty: evaluation.lr_grid().
+    "evaluation.learning_rates": (),
 }
 
 
@@ -116,6 +136,41 @@ def validate_config(config):
                 f"`{name}` must be a multiple of the unrolls per run "
                 f"(meta.run_length / meta.unroll_length = {per_run}), so that "
                 f"it falls where a run starts. Received: {name}={value}")
+    stages = run_stages(config)  # Validates meta.curriculum.
+    if len(stages) > 1:
+        period = math.lcm(*(s.unrolls_per_run for s in stages))
+        starts = [("meta.curriculum start", s.start) for s in stages[1:]]
+        for name, value in [("meta.num_iterations", m.num_iterations),
+                            ("checkpoint_every", config.checkpoint_every),
+                            ("eval_every", config.eval_every)] + starts:
+            if value % period:
+                raise ValueError(
+                    f"`{name}` must be a multiple of {period}, the least "
+                    "common multiple of the unrolls per run of every "
+                    "meta.curriculum stage, so that it falls where a run "
+                    f"starts. Received: {name}={value}")
+    meta_loss = field(config, "meta.meta_loss")
+    if meta_loss not in unroll.META_LOSSES:
+        raise ValueError(f"`meta.meta_loss` must be one of "
+                         f"{sorted(unroll.META_LOSSES)}. Received: "
+                         f"meta.meta_loss={meta_loss!r}")
+    for name in ("meta.param_scale_range", "meta.loss_scale_range"):
+        value = field(config, name)
+        if not (isinstance(value, numbers.Real) and math.isfinite(value)
+                and value >= 1):
+            raise ValueError(f"`{name}` must be a number >= 1 (1: no "
+                             f"scaling). Received: {name}={value!r}")
+    horizons = field(config, "validation.horizons")
+    if any(not isinstance(h, int) or isinstance(h, bool) or h <= 0
+           for h in horizons):
+        raise ValueError("`validation.horizons` must hold positive integers."
+                         f" Received: validation.horizons={horizons!r}")
+    grid = field(config, "evaluation.learning_rates")
+    if any(not (isinstance(lr, numbers.Real) and lr > 0
+                and math.isfinite(lr)) for lr in grid):
+        raise ValueError("`evaluation.learning_rates` must hold positive "
+                         "numbers. Received: evaluation.learning_rates="
+                         f"{grid!r}")
     for name in ("learning_rate", "final_learning_rate"):
         value = m[name]
         if not (isinstance(value, numbers.Real) and value > 0
@@ -175,6 +230,62 @@ def validate_config(config):
         problems.check_data(evaluation.problem_kwargs(config))
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """Iterations from `start` on train optimizees for `run_length` steps;
+    the stage's first run has index `first_run` (runs count across stages,
+    so every optimizee of a meta-training run is drawn once)."""
+    start: int
+    run_length: int
+    unrolls_per_run: int
+    first_run: int
+
+
+def run_stages(config) -> list:
+    """The run-length schedule of `config` (meta.run_length, then the
+    meta.curriculum stages) as Stages; raises ValueError on a bad curriculum.
+    """
+    m = config.meta
+    stages = [Stage(0, m.run_length, m.run_length // m.unroll_length, 0)]
+    for entry in field(config, "meta.curriculum"):
+        if len(entry) != 2:
+            raise ValueError("`meta.curriculum` entries must be pairs "
+                             "(start_iteration, run_length). Received: "
+                             f"{tuple(entry)!r}")
+        start, length = entry
+        last = stages[-1]
+        if not (isinstance(start, int) and isinstance(length, int)) or (
+                start <= last.start or length <= 0):
+            raise ValueError(
+                "`meta.curriculum` must hold (start_iteration, run_length) "
+                "pairs of positive integers with increasing starts. "
+                f"Received: {tuple(entry)!r}")
+        if length % m.unroll_length:
+            raise ValueError(
+                "`meta.curriculum` run lengths must be multiples of "
+                f"`meta.unroll_length` ({m.unroll_length}). Received: "
+                f"{tuple(entry)!r}")
+        if (start - last.start) % last.unrolls_per_run:
+            raise ValueError(
+                "`meta.curriculum` starts must fall where a run of the "
+                f"previous stage starts (a multiple of "
+                f"{last.unrolls_per_run} iterations after {last.start}). "
+                f"Received: {tuple(entry)!r}")
+        first_run = last.first_run + (start - last.start) // (
+            last.unrolls_per_run)
+        stages.append(Stage(start, length, length // m.unroll_length,
+                            first_run))
+    return stages
+
+
+def run_position(stages, iteration: int):
+    """(run index, unroll index within the run, the run's Stage) of the
+    meta-iteration `iteration`."""
+    stage = [s for s in stages if s.start <= iteration][-1]
+    run, k = divmod(iteration - stage.start, stage.unrolls_per_run)
+    return stage.first_run + run, k, stage
+
+
 def _diff(a, b, prefix=""):
     """Dotted names of the fields where nested dicts `a` and `b` differ."""
     out = []
@@ -230,6 +341,13 @@ class MetaTrainer:
         self.local_optimizees = self.num_optimizees // replicas
         self.is_chief, worker = _chief_and_worker(self.strategy)
         self.problem = problems.from_config(config, "train")
+        scale_p = field(config, "meta.param_scale_range")
+        scale_l = field(config, "meta.loss_scale_range")
+        if scale_p > 1 or scale_l > 1:  # Training optimizees only.
+            self.problem = problems.RandomlyScaled(self.problem, scale_p,
+                                                   scale_l)
+        self.meta_loss = unroll.META_LOSSES[field(config, "meta.meta_loss")]
+        self.stages = run_stages(config)
         groups = field(config, "network_groups")
         if groups:  # One network per group of parameters (paper, Sec. 3.3).
             self.rule = grouped.Grouped(groups, dict(config.network)).bind(
@@ -239,7 +357,6 @@ class MetaTrainer:
         self.val_problem = problems.from_config(config, "validation")
         m = config.meta
         self.unroll_length = m.unroll_length
-        self.unrolls_per_run = m.run_length // m.unroll_length
 
         if m.init_weights:
             init_rule, init_phi, _ = saved_model.load(m.init_weights)
@@ -293,8 +410,10 @@ class MetaTrainer:
             max_to_keep=3)
         self.max_skips = int(m.max_consecutive_skips)
         self._meta_step = tf.function(self._meta_step_impl)
+        self.val_horizons = tuple(field(config, "validation.horizons")) or (
+            config.validation.horizon,)
         self._val_run = unroll.make_run_fn(self.rule, self.val_problem,
-                                           config.validation.horizon)
+                                           max(self.val_horizons))
 
     # -- the compiled meta-iteration ---------------------------------------
 
@@ -311,7 +430,7 @@ class MetaTrainer:
             for j in range(self.local_optimizees):
                 loss_j, params_j, state_j = unroll.unroll(
                     self.rule, self.phi, self.problem, params[j], state[j],
-                    task[j], step0, self.unroll_length)
+                    task[j], step0, self.unroll_length, self.meta_loss)
                 total += loss_j / self.unroll_length
                 new_params.append([tf.stop_gradient(p) for p in params_j])
                 new_state.append(tuple(tf.stop_gradient(x) for x in state_j))
@@ -416,14 +535,23 @@ class MetaTrainer:
         return self.phi_ema if self.phi_ema else self.phi
 
     def validate(self) -> float:
-        """Mean reported loss at the validation horizon over fixed seeds."""
+        """Mean reported loss at the validation horizon over fixed seeds.
+
+        With several `validation.horizons`, the geometric mean over them of
+        the mean loss at each (so that a late horizon, where losses are
+        smaller, counts as much as an early one).
+        """
         curves = evaluation.run_curves(
             self._val_run, self._evaluated_phi(),
             evaluation.seeds(evaluation.VALIDATION_SEED_BASE,
                              self.config.validation.num_seeds))
-        finals = curves[:, -1]
-        return float(np.mean(finals)) if np.all(np.isfinite(finals)) else (
-            float("inf"))
+        finals = curves[:, list(self.val_horizons)]
+        if not np.all(np.isfinite(finals)):
+            return float("inf")
+        means = np.mean(finals, axis=0)
+        if len(means) == 1:
+            return float(means[0])
+        return float(np.exp(np.mean(np.log(np.maximum(means, 1e-30)))))
 
     def export(self, name: str, validation_loss: float) -> str:
         if not self.is_chief:  # The chief writes the exports.
@@ -441,11 +569,14 @@ class MetaTrainer:
 
     # -- the loop --------------------------------------------------------------
 
-    def _check_same_experiment(self):
+    def _check_same_experiment(self, iteration: int):
         """Refuses to resume a workdir that holds another experiment.
 
         Only fields that do not alter what was learned up to the checkpoint
-        may change: meta.num_iterations, log_every and evaluation.*.
+        (at `iteration`) may change: meta.num_iterations, log_every,
+        evaluation.*, and meta.curriculum stages that start at or after
+        `iteration` (a run can branch into a new curriculum from a
+        checkpoint).
         """
         path = os.path.join(self.workdir, "config.json")
         if not os.path.exists(path):
@@ -458,13 +589,17 @@ class MetaTrainer:
             d.pop("log_every", None)
             d.pop("evaluation", None)
             d.get("meta", {}).pop("num_iterations", None)
+            m = d.get("meta", {})
+            m["curriculum"] = [list(e) for e in m.get("curriculum", [])
+                               if e[0] < iteration]
         if saved != current:
             diff = sorted(_diff(saved, current))
             raise ValueError(
                 f"--workdir {self.workdir!r} holds checkpoints of another "
                 f"experiment; these config fields differ: {diff}. Use a new "
-                "workdir (only meta.num_iterations, log_every and evaluation.* "
-                "may change on resume).")
+                "workdir (only meta.num_iterations, log_every, evaluation.* "
+                "and meta.curriculum stages from the checkpoint's iteration "
+                f"({iteration}) on may change on resume).")
 
     def train(self, until: Optional[int] = None) -> Result:
         """Meta-trains to `config.meta.num_iterations` (resuming if possible).
@@ -481,7 +616,8 @@ class MetaTrainer:
         os.makedirs(self.workdir, exist_ok=True)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         if latest:
-            self._check_same_experiment()
+            self._check_same_experiment(int(tf.train.load_variable(
+                latest, "iteration/.ATTRIBUTES/VARIABLE_VALUE")))
         if self.is_chief:
             for name in ("export", "export_last"):
                 saved_model.recover(os.path.join(self.workdir, name))
@@ -494,6 +630,14 @@ class MetaTrainer:
                          int(self.iteration.numpy()))
         start_it = int(self.iteration.numpy())
         total = config.meta.num_iterations
+        if start_it == 0 and field(config, "validation.include_initial"):
+            # Fine-tuning: the starting weights are a candidate export too,
+            # so the export is never worse on validation than the start.
+            val = self.validate()
+            logging.info("Initial weights: val %.4f", val)
+            if val < float(self.best_validation.numpy()):
+                self.best_validation.assign(val)
+                self.export("export", val)
         start_time = last_time = time.time()
         last_it = start_it
         # TensorBoard: `tensorboard --logdir=WORKDIR/tensorboard`.
@@ -506,7 +650,7 @@ class MetaTrainer:
         consecutive_skips = 0
         it = start_it
         while it < stop:
-            run, k = divmod(it, self.unrolls_per_run)
+            run, k, _ = run_position(self.stages, it)
             if k == 0:
                 params, state, task = self.draw(run)
             elif params is None:  # Checkpoints are only taken where k == 0.

@@ -6,7 +6,7 @@ so the rule runs once a step however many tensors the optimizee has (the
 rule is coordinatewise, so this equals one call per tensor).
 """
 
-from typing import List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -49,20 +49,41 @@ def opt_step(rule: networks.UpdateRule, phi, problem: base.Problem, params,
     return params, state, reported
 
 
-def unroll(rule, phi, problem, params, state, task, step0, length: int):
+def unroll(rule, phi, problem, params, state, task, step0, length: int,
+           transform: Optional[Callable[[tf.Tensor], tf.Tensor]] = None):
     """`length` steps from step `step0` (a Python loop: traced once).
 
-    Returns (sum over t = 1..length of the loss at theta_t on step t's batch,
-    params, state). theta_0's loss is left out: it does not depend on phi.
+    Returns (sum over t = 1..length of transform(the reported loss at theta_t
+    on step t's batch), params, state); `transform` defaults to the identity
+    (see META_LOSSES). theta_0's loss is left out: it does not depend on phi.
     """
+    transform = transform or (lambda x: x)
     total = 0.0
     for t in range(length):
         params, state, reported = opt_step(rule, phi, problem, params, state,
                                            task, step0 + t)
         if t > 0:
-            total += reported
+            total += transform(reported)
     _, final = problem.loss(params, task, problem.batch(task, step0 + length))
-    return total + final, params, state
+    return total + transform(final), params, state
+
+
+def _log_loss(loss: tf.Tensor) -> tf.Tensor:
+    # Clamped so that an exact zero (a solved quadratic) stays finite.
+    return tf.math.log(tf.maximum(loss, 1e-30))
+
+
+# How each step's reported loss f(theta_t) enters the meta-loss
+# (config field meta.meta_loss):
+#   "mean": f itself, the paper's sum_t w_t f(theta_t) with w_t = 1. The
+#     early steps, where f is large, dominate it and its meta-gradient.
+#   "log_mean": log f. Its gradient is grad f / f, so every step counts by
+#     its relative progress, and the late steps (where f is small and the
+#     reported figures are taken) weigh as much as the first ones.
+META_LOSSES = {
+    "mean": None,
+    "log_mean": _log_loss,
+}
 
 
 def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,

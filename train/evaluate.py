@@ -6,8 +6,13 @@
         --state_dtype=bfloat16 --workdir=/tmp/l2l/eval_bf16
 
 --weights is a shipped name (see l2l_tf.pretrained_names()) or the path of a
-SavedModel written by train.meta_train. Prints a table and writes
-<workdir>/evaluation.json.
+SavedModel written by train.meta_train; several, as NAME=SPEC pairs
+separated by commas, are evaluated side by side against one tuning of the
+baselines:
+
+    python -m train.evaluate --config=configs/mnist_improved.py --weights=paper=mnist,improved=/tmp/l2l/mnist_improved/export --workdir=/tmp/l2l/eval
+
+Prints a table and writes <workdir>/evaluation.json.
 """
 
 import os
@@ -22,8 +27,9 @@ from train import _cli
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).",
     lock_config=True)
-_WEIGHTS = flags.DEFINE_string(
-    "weights", None, "Shipped weights name or SavedModel path.")
+_WEIGHTS = flags.DEFINE_list(
+    "weights", None, "Shipped weights name or SavedModel path (shown as "
+    "'learned'), or NAME=SPEC pairs separated by commas.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where evaluation.json is written.")
 _STATE_DTYPE = flags.DEFINE_enum(
@@ -33,16 +39,32 @@ _STATE_DTYPE = flags.DEFINE_enum(
 flags.mark_flags_as_required(["config", "weights", "workdir"])
 
 
+def parse_weights(items) -> dict:
+    """["SPEC"] -> {"learned": SPEC}; ["A=X", "B=Y"] -> {"A": X, "B": Y}."""
+    if len(items) == 1 and "=" not in items[0]:
+        return {"learned": items[0]}
+    out = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec or name in out:
+            raise app.UsageError(
+                "--weights must be one SPEC or distinct NAME=SPEC pairs. "
+                f"Received: {','.join(items)!r}")
+        out[name] = spec
+    return out
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     tf.get_logger().setLevel("WARNING")  # SavedModel writing is chatty.
     config = _CONFIG.value
     _cli.checked(meta.validate_config, config)  # Fail before any work on a bad config ...
-    _cli.checked(saved_model.resolve_path, _WEIGHTS.value)  # ... or bad weights.
-    results = evaluation.evaluate_config(
-        config, {"learned": _WEIGHTS.value}, _WORKDIR.value,
-        state_dtype=_STATE_DTYPE.value)
+    weights = _cli.checked(parse_weights, _WEIGHTS.value)
+    for spec in weights.values():
+        _cli.checked(saved_model.resolve_path, spec)  # ... or a bad weights name.
+    results = evaluation.evaluate_config(config, weights, _WORKDIR.value,
+                                         state_dtype=_STATE_DTYPE.value)
     print(evaluation.format_table(results))
     print(f"\nWritten: {os.path.join(_WORKDIR.value, 'evaluation.json')}")
 

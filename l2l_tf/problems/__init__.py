@@ -9,6 +9,7 @@ from l2l_tf.problems.keras_model import KerasModel
 from l2l_tf.problems.mlp import ACTIVATIONS, MLP
 from l2l_tf.problems.neural_art import NeuralArt
 from l2l_tf.problems.quadratic import Quadratic
+from l2l_tf.problems.scaled import RandomlyScaled
 
 PROBLEMS = ("quadratic", "mnist", "keras_model", "neural_art")
 
@@ -95,6 +96,7 @@ def from_config(config, split: str) -> Problem:
 
 
 __all__ = ["Problem", "Quadratic", "MLP", "KerasModel", "NeuralArt",
+           "RandomlyScaled",
            "ACTIVATIONS", "PROBLEMS", "DATA_OPTIONS", "data_options",
            "check_data", "make", "from_config",
            "seed_pair", "fold_in"]
