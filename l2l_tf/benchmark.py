@@ -252,7 +252,8 @@ def _apply_fn(opt, variables):
 
 def measure_update(num_params: int, repeats: int = 5,
                    jit: Sequence[bool] = (False, True),
-                   state_dtypes: Sequence[Optional[str]] = (None,)) -> dict:
+                   state_dtypes: Sequence[Optional[str]] = (None,),
+                   kinds: Sequence[str] = ("adam", "learned")) -> dict:
     """Update times of LearnedOptimizer and Adam on a 784-h-10 MLP's
     variables; one fresh optimizer and tf.function per variant.
 
@@ -271,7 +272,8 @@ def measure_update(num_params: int, repeats: int = 5,
     # sees both sides of e^-10 for the tiny ones).
     grads = [tf.constant(rng.normal(0, 1e-2, s).astype(np.float32))
              for s in shapes]
-    variants = [("adam", None)] + [("learned", d) for d in state_dtypes]
+    variants = ([("adam", None)] if "adam" in kinds else []) + (
+        [("learned", d) for d in state_dtypes] if "learned" in kinds else [])
     rows = {}
     for kind, dtype in variants:
         for use_jit in jit:
@@ -469,14 +471,23 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
     for n in sizes:
         row = {}
         for tree, tree_src in trees:
-            out = measure(tree_src, "measure_update", n, repeats=repeats,
-                          jit=list(jit),
-                          state_dtypes=(list(state_dtypes)
-                                        if tree == "current" else [None]))
-            row["num_params"] = out["num_params"]
-            row[tree] = out["rows"]
-            row[f"{tree}_peak_rss_bytes"] = out["peak_rss_bytes"]
-            log(f"update {n} {tree}: {out['rows']}")
+            # One process per variant: at 10M parameters a learned
+            # optimizer holds 3.2 GB of state, and processes give it back.
+            dtypes = list(state_dtypes) if tree == "current" else [None]
+            variants = [dict(kinds=["adam"], jit=[j]) for j in jit] + [
+                dict(kinds=["learned"], state_dtypes=[d], jit=[j])
+                for d in dtypes for j in jit]
+            row[tree], peak = {}, 0
+            for variant in variants:
+                out = measure(tree_src, "measure_update", n, repeats=repeats,
+                              **variant)
+                row["num_params"] = out["num_params"]
+                for r in out["rows"].values():
+                    r["peak_rss_bytes"] = out["peak_rss_bytes"]
+                row[tree].update(out["rows"])
+                peak = max(peak, out["peak_rss_bytes"])
+                log(f"update {n} {tree}: {out['rows']}")
+            row[f"{tree}_peak_rss_bytes"] = peak
         result["update"].append(row)
     for name in meta_configs:
         row = {"config": name}
@@ -527,8 +538,9 @@ def format_table(result: dict) -> str:
     ]
     for row in result["update"]:
         for tree in ("baseline", "current"):
-            rss = row.get(f"{tree}_peak_rss_bytes", 0) / 2 ** 30
             for key, r in row.get(tree, {}).items():
+                rss = r.get("peak_rss_bytes", row.get(
+                    f"{tree}_peak_rss_bytes", 0)) / 2 ** 30
                 speed = (row.get("speedup", {}).get(key)
                          if tree == "current" else None)
                 lines.append(

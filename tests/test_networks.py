@@ -300,4 +300,3 @@ def test_new_lstm_weights_do_not_retrace():
     u1, _ = step(_as_tensors(rule.init_phi(1)), grads, rule.init_state(2))
     assert step.experimental_get_tracing_count() == 1
     assert not np.allclose(u0.numpy(), u1.numpy())
-
