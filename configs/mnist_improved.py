@@ -1,4 +1,4 @@
-"""The MNIST MLP recipe aimed at the end of the run (issue 6), from the
+"""The MNIST MLP recipe aimed at the end of the run, from the
 shipped `mnist` weights:
 
     python -m train.meta_train --config=configs/mnist_improved.py --workdir=/tmp/l2l/mnist_improved

@@ -1,4 +1,4 @@
-"""Long runs on the MNIST MLP (issue 6, target 2): learned weights against
+"""Long runs on the MNIST MLP: learned weights against
 tuned Adam over 1,000 and 10,000 steps, with the divergence check.
 
     python -m train.evaluate --config=configs/mnist_long.py --weights=mnist --workdir=/tmp/l2l/mnist_long
