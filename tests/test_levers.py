@@ -14,26 +14,8 @@ from configs import mnist as mnist_config
 from configs import mnist_improved as improved_config
 from configs import mnist_long as long_config
 from l2l_tf import evaluation, meta, networks, problems, saved_model, unroll
-from l2l_tf.problems import base
+from tests.test_meta import tiny_quadratic_config
 
-from configs import quadratic as quadratic_config
-
-
-def tiny_quadratic_config(**meta_overrides):
-    """tests/test_meta.py's tiny config: runs of 10 steps, unrolls of 5."""
-    config = quadratic_config.get_config()
-    config.problem_kwargs.dim = 4
-    config.problem_kwargs.num_functions = 8
-    config.meta.num_iterations = 10
-    config.meta.run_length = 10
-    config.meta.unroll_length = 5
-    config.checkpoint_every = 4
-    config.eval_every = 4
-    config.log_every = 2
-    config.validation.num_seeds = 2
-    config.validation.horizon = 10
-    config.meta.update(meta_overrides)
-    return config
 
 
 class _Bowl(problems.Problem):
