@@ -13,6 +13,12 @@
    phi's Adam step, `MetaTrainer._meta_step`) on the quadratic and MNIST
    configs.
 4. Optimizer state bytes per parameter and each row's peak process memory.
+5. A profile of one LSTM step on the current tree (`measure_profile`): the
+   step's own matmuls, at the network's shapes, timed alone, and one
+   element-wise pass over a layer's [n, h] activations, next to the whole
+   step. It shows what the square-matmul ceiling hides: a gate matmul
+   [n, in + h + 1] x [in + h + 1, h] has an inner dimension of 23 or 41 and
+   runs far below the rate of a 2048^2 one.
 
 Each time is set against a lower bound, the time this machine needs for
 the compulsory work alone:
@@ -225,6 +231,67 @@ def measure_ceilings(matmul_size: int = 2048, copy_mb: int = 256,
     }
 
 
+def lstm_matmul_shapes(hidden_sizes: Sequence[int],
+                       input_width: int) -> list:
+    """(inner, outer) of the matmuls of one LSTM step, as the step runs
+    them: per layer, four gate matmuls [n, in + h + 1] x [in + h + 1, h]
+    (the ones column carries the bias), then the output [n, h] x [h, 1].
+    The default 2x20 network: four (23, 20), four (41, 20), one (20, 1);
+    5,140 multiply-adds a coordinate (4,980 without the bias columns).
+    """
+    shapes, width = [], int(input_width)
+    for h in hidden_sizes:
+        shapes += [(width + h + 1, h)] * 4
+        width = h
+    return shapes + [(width, 1)]
+
+
+def measure_profile(n: int, repeats: int = 5) -> dict:
+    """Times one step of the default network on n coordinates, its matmuls
+    alone (one tf.function running the step's matmuls at its shapes), and
+    one element-wise pass (a sigmoid) over [n, h]."""
+    import tensorflow as tf
+    from l2l_tf import networks, preprocess
+
+    rule = networks.CoordinatewiseLSTM()
+    phi = {k: tf.constant(v) for k, v in rule.init_phi(0).items()}
+    grads = tf.random.stateless_normal([n], [5, 6]) * 1e-2
+    state = tuple(tf.random.stateless_normal(s, [7, i]) * 0.1
+                  for i, s in enumerate(rule.state_shapes(n)))
+    step = tf.function(rule.step)
+    t_step = _median_time(lambda: step(phi, grads, state),
+                          lambda r: r[0].numpy(), repeats)[0]
+    width = preprocess.PREPROCESSORS[rule.preprocess].width
+    shapes = lstm_matmul_shapes(rule.hidden_sizes, width)
+    inputs = [tf.random.stateless_normal([n, k], [8, i])
+              for i, (k, _) in enumerate(shapes)]
+    kernels = [tf.random.stateless_normal([k, m], [9, i])
+               for i, (k, m) in enumerate(shapes)]
+
+    # All of them in one function, as in the step (the executor may run
+    # independent ones side by side); every product is an output, so none
+    # is pruned.
+    matmuls = tf.function(lambda: tuple(
+        tf.matmul(x, k) for x, k in zip(inputs, kernels)))
+    t_matmul = _median_time(matmuls, lambda r: r[-1].numpy(), repeats)[0]
+    h = rule.hidden_sizes[-1]
+    act = tf.random.stateless_normal([n, h], [10, 11])
+    sigmoid = tf.function(tf.sigmoid)
+    t_ew = _median_time(lambda: sigmoid(act), lambda r: r.numpy(),
+                        repeats)[0]
+    macs = n * sum(k * m for k, m in shapes)
+    return {
+        "coordinates": n,
+        "step_seconds": t_step,
+        "matmul_shapes": [list(s) for s in shapes],
+        "matmul_macs": macs,
+        "matmul_seconds": t_matmul,
+        "matmul_flops_per_s": 2.0 * macs / t_matmul,
+        "elementwise_seconds": t_ew,
+        "elementwise_bytes_per_s": 2 * n * h * FLOAT32_BYTES / t_ew,
+    }
+
+
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -430,11 +497,18 @@ def add_bounds(result: dict) -> dict:
         if "baseline" in row:
             row["speedup"] = ratio(row["baseline"]["seconds"],
                                    row["current"]["seconds"])
+    p = result.get("profile")
+    if p:
+        p["matmul_share_of_square_rate"] = p["matmul_flops_per_s"] / fps
+        p["step_over_matmuls"] = ratio(p["step_seconds"], p["matmul_seconds"])
+        p["elementwise_share_of_copy_bandwidth"] = (
+            p["elementwise_bytes_per_s"] / bps)
     return result
 
 
 # `--quick`: a smoke test of every row in seconds (tests run it in-process).
 QUICK = dict(sizes=(2000,), meta_configs=("quadratic",), matmul_size=256,
+             profile_size=2000,
              copy_mb=8, meta_overrides={"meta.unroll_length": 2,
                                         "meta.run_length": 2})
 
@@ -446,6 +520,7 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
         meta_overrides: Optional[dict] = None,
         state_dtypes: Sequence[Optional[str]] = (None,),
         jit: Sequence[bool] = (False, True),
+        profile_size: Optional[int] = 1_000_000,
         log: Callable[[str], None] = lambda msg: None) -> dict:
     """Runs the whole benchmark; returns the result with bounds and ratios.
 
@@ -453,6 +528,8 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
     baseline, whose rows run in subprocesses on `baseline_src`).
     state_dtypes: the learned variants of the current tree (the baseline
     runs its default only).
+    profile_size: coordinates of the step profile (`measure_profile`, the
+    current tree only); None: no profile.
     """
     src = _package_src()
     isolate = isolate or baseline_src is not None
@@ -496,6 +573,10 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
                                 repeats=repeats, overrides=meta_overrides)
             log(f"meta {name} {tree}: {row[tree]}")
         result["meta"].append(row)
+    if profile_size:
+        result["profile"] = measure(src, "measure_profile", profile_size,
+                                    repeats=repeats)
+        log(f"profile: {result['profile']}")
     ceilings.append(measure_ceilings(matmul_size, copy_mb, repeats))
     log(f"ceilings: {ceilings[-1]}")
     # The better of the two measurements (start and end of the run) is the
@@ -570,4 +651,23 @@ def format_table(result: dict) -> str:
                 f"{r['bound_seconds'] * 1e3:>8.1f} "
                 f"{_fmt(r['time_over_bound'], '7.2f')} {_fmt(speed, '7.2f')} "
                 f"{r['traces']:>6} {r['peak_rss_bytes'] / 2 ** 30:>8.2f}")
+    p = result.get("profile")
+    if p:
+        shapes = ", ".join(f"[n,{k}]x[{k},{m}]" for k, m in sorted(
+            set(map(tuple, p["matmul_shapes"])), reverse=True))
+        lines += [
+            "", f"profile of one LSTM step, n = {p['coordinates']:,} "
+            "(current tree)",
+            f"  whole step                 {p['step_seconds'] * 1e3:9.1f} ms",
+            f"  its matmuls alone          {p['matmul_seconds'] * 1e3:9.1f} ms"
+            f"  {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s = "
+            f"{p['matmul_share_of_square_rate']:.2f} of the square rate "
+            f"({shapes})",
+            f"  one sigmoid over [n, h]    "
+            f"{p['elementwise_seconds'] * 1e3:9.1f} ms"
+            f"  {p['elementwise_bytes_per_s'] / 1e9:.1f} GB/s = "
+            f"{p['elementwise_share_of_copy_bandwidth']:.2f} of the copy "
+            "bandwidth",
+            f"  step / matmuls alone       {p['step_over_matmuls']:9.2f}",
+        ]
     return "\n".join(lines)

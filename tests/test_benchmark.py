@@ -28,6 +28,10 @@ def test_lstm_counts_by_hand():
     with pytest.raises(ValueError, match="state_dtype.*Received: "
                                          "state_dtype='int8'"):
         benchmark.network_counts({}, "int8")
+    # The step's matmuls as it runs them: the ones column adds a row.
+    shapes = benchmark.lstm_matmul_shapes((20, 20), 2)
+    assert shapes == [(23, 20)] * 4 + [(41, 20)] * 4 + [(20, 1)]
+    assert sum(k * m for k, m in shapes) == 4980 + 4 * 20 * 2 == 5140
 
 
 def test_optimizee_and_meta_counts_by_hand():
@@ -113,5 +117,15 @@ def test_quick_run_measures_every_row():
     assert meta["current"]["coordinates"] == 1280
     assert meta["current"]["traces"] == 1
     assert meta["current"]["macs"] == (3 * 4980 * 1280 * 2 + 64_000 * 2)
+    profile = result["profile"]
+    assert profile["coordinates"] == 2000
+    assert profile["matmul_macs"] == 2000 * 5140
+    for key in ("step_seconds", "matmul_seconds", "elementwise_seconds"):
+        assert profile[key] > 0, key
+    assert profile["matmul_flops_per_s"] == pytest.approx(
+        2 * 2000 * 5140 / profile["matmul_seconds"])
+    assert profile["step_over_matmuls"] == pytest.approx(
+        profile["step_seconds"] / profile["matmul_seconds"])
     table = benchmark.format_table(result)
     assert "learned" in table and "quadratic" in table
+    assert "its matmuls alone" in table

@@ -10,12 +10,11 @@ Prints a table and writes JSON; BUILD.md explains how to read it. The
 counts and bounds are in l2l_tf/benchmark.py.
 """
 
-import json
 import os
 
 from absl import app, flags, logging
 
-from l2l_tf import benchmark
+from l2l_tf import atomic, benchmark
 
 _OUT = flags.DEFINE_string("out", None, "Where the JSON result is written.")
 _SIZES = flags.DEFINE_list(
@@ -39,6 +38,10 @@ _STATE_DTYPES = flags.DEFINE_list(
     "baseline runs its default).")
 _JIT = flags.DEFINE_list(
     "jit", ["false", "true"], "jit_compile settings of the update rows.")
+_PROFILE = flags.DEFINE_integer(
+    "profile_size", 1_000_000,
+    "Coordinates of the LSTM step profile (its matmuls alone, one "
+    "element-wise pass); 0: no profile.")
 
 
 def main(argv):
@@ -54,6 +57,7 @@ def main(argv):
                   repeats=_REPEATS.value, baseline_src=_BASELINE.value,
                   isolate=_ISOLATE.value, jit=jit,
                   state_dtypes=[d for d in _STATE_DTYPES.value if d],
+                  profile_size=_PROFILE.value or None,
                   log=logging.info)
     if _QUICK.value:
         kwargs.update(benchmark.QUICK)
@@ -62,8 +66,7 @@ def main(argv):
     if _OUT.value:
         os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)),
                     exist_ok=True)
-        with open(_OUT.value, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic.write_json(result, _OUT.value, indent=2)
         print(f"\nWritten: {_OUT.value}")
 
 
