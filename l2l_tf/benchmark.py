@@ -165,9 +165,11 @@ def network_counts(network: dict, state_dtype: str = "float32") -> dict:
         raise ValueError(f"`state_dtype` must be one of {list(DTYPE_BYTES)}."
                          f" Received: state_dtype={state_dtype!r}")
     hidden = tuple(network.get("hidden_sizes", (20, 20)))
-    width = preprocess.PREPROCESSORS[
-        network.get("preprocess", "log_sign")].width
-    state = lstm_state_bytes(hidden, DTYPE_BYTES[state_dtype])
+    pre = preprocess.PREPROCESSORS[network.get("preprocess", "log_sign")]
+    width = pre.width
+    # A preprocessor's own state (Adam's moments) stays float32.
+    state = (lstm_state_bytes(hidden, DTYPE_BYTES[state_dtype])
+             + getattr(pre, "state_width", 0) * FLOAT32_BYTES)
     return {"macs_per_coordinate": lstm_macs_per_coordinate(hidden, width),
             "state_bytes": state,
             "update_bytes_per_coordinate": update_bytes_per_coordinate(state)}

@@ -159,8 +159,13 @@ class Grouped(networks.UpdateRule):
         return tuple(s for g, net in self.nets.items()
                      for s in net.state_shapes(len(self._index[g])))
 
-    def state_bytes_per_coordinate(self) -> int:
-        return next(iter(self.nets.values())).state_bytes_per_coordinate()
+    def state_dtypes(self, dtype=tf.float32):
+        return tuple(d for net in self.nets.values()
+                     for d in net.state_dtypes(dtype))
+
+    def state_bytes_per_coordinate(self, dtype=tf.float32) -> int:
+        return next(iter(self.nets.values())).state_bytes_per_coordinate(
+            dtype)
 
     def step(self, phi, grads, state):
         self._check_bound()

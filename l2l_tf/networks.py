@@ -54,16 +54,23 @@ class UpdateRule(abc.ABC):
     def get_config(self) -> dict:
         """Constructor arguments, JSON-serializable."""
 
+    def state_dtypes(self, dtype=tf.float32) -> Tuple[tf.DType, ...]:
+        """The dtype of each state tensor when the state is kept in `dtype`:
+        `dtype` for all of them, unless the rule keeps some in float32."""
+        return (tf.as_dtype(dtype),) * len(self.state_shapes(1))
+
     def init_state(self, n: int, dtype=tf.float32) -> State:
-        """Zeros of `state_shapes(n)` in `dtype`. The learned rule also takes
-        bfloat16 (half the memory; its `step` computes in float32 and returns
-        the state in the dtype it got); hand-designed rules float32 only."""
-        return tuple(tf.zeros(s, dtype) for s in self.state_shapes(n))
+        """Zeros of `state_shapes(n)` in `state_dtypes(dtype)`. The learned
+        rule also takes bfloat16 (half the memory; its `step` computes in
+        float32 and returns the state in the dtype it got); hand-designed
+        rules float32 only."""
+        return tuple(tf.zeros(s, d) for s, d in
+                     zip(self.state_shapes(n), self.state_dtypes(dtype)))
 
     def state_bytes_per_coordinate(self, dtype=tf.float32) -> int:
         """Bytes of state kept for each coordinate in `dtype`."""
-        return tf.as_dtype(dtype).size * sum(
-            int(np.prod(s[1:])) for s in self.state_shapes(1) if s)
+        return sum(d.size * int(np.prod(s[1:])) for s, d in
+                   zip(self.state_shapes(1), self.state_dtypes(dtype)) if s)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -79,7 +86,10 @@ class CoordinatewiseLSTM(UpdateRule):
 
     Args:
       hidden_sizes: units of each LSTM layer; the paper uses (20, 20).
-      preprocess: "log_sign" (the paper's Appendix A preprocessing) or "none".
+      preprocess: "log_sign" (the paper's Appendix A preprocessing),
+        "log_sign_adam" (log/sign plus Adam-normalised momentum and
+        gradient, as RNNprop; it keeps Adam's m, v and t per coordinate)
+        or "none" (see l2l_tf.preprocess).
       preprocess_p: the p of the log/sign preprocessing.
       output_scale: multiplies the network's output (0.1 in the paper).
 
@@ -89,7 +99,8 @@ class CoordinatewiseLSTM(UpdateRule):
     that is exactly 5,141 weights. The state is (h_0, c_0, h_1, c_1, ...),
     each [n, hidden_sizes[l]]: 80 floats (320 bytes) a coordinate by
     default, float32 or bfloat16 (`init_state(n, dtype)`; the network
-    computes in float32 either way).
+    computes in float32 either way); "log_sign_adam" adds a last float32
+    state tensor [n, 3] of (m, v, t).
     """
 
     name = "lstm"
@@ -157,13 +168,26 @@ class CoordinatewiseLSTM(UpdateRule):
         shapes = []
         for h in self.hidden_sizes:
             shapes += [(n, h), (n, h)]  # (hidden, cell) of each layer.
+        if self._pre.state_width:  # The preprocessor's own, last.
+            shapes.append((n, self._pre.state_width))
         return tuple(shapes)
+
+    def state_dtypes(self, dtype=tf.float32):
+        dtypes = [tf.as_dtype(dtype)] * (2 * len(self.hidden_sizes))
+        if self._pre.state_width:  # Adam's moments need float32.
+            dtypes.append(tf.float32)
+        return tuple(dtypes)
 
     def step(self, phi: Phi, grads: tf.Tensor, state: State):
         # The network runs in phi's dtype (float32), whatever the gradient's
         # or the state's; the new state keeps the dtype it came in.
         dtype = phi["output/kernel"].dtype
-        x = self._pre.fn(tf.cast(grads, dtype), self.preprocess_p)
+        if self._pre.state_width:
+            x, pre_state = self._pre.fn(tf.cast(grads, dtype),
+                                        self.preprocess_p,
+                                        tf.cast(state[-1], dtype))
+        else:
+            x = self._pre.fn(tf.cast(grads, dtype), self.preprocess_p)
         # A column of ones carries the biases through the matmuls (as a
         # last kernel row): a matmul fused with its bias add ran at half the
         # speed of the bare matmul here, and a separate add is another pass.
@@ -190,6 +214,8 @@ class CoordinatewiseLSTM(UpdateRule):
         scale = tf.cast(self.output_scale, dtype)
         out = (tf.reshape(tf.matmul(x, scale * phi["output/kernel"]), [-1])
                + scale * phi["output/bias"])
+        if self._pre.state_width:
+            new_state.append(tf.cast(pre_state, state[-1].dtype))
         return out, tuple(new_state)
 
 

@@ -205,13 +205,15 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             path = getattr(var, "path", var.name)
             rule = self._rule_for(path)
             self._var_rules.append(rule)
-            dtype = self.state_dtype if rule is self.rule else "float32"
+            dtypes = rule.state_dtypes(
+                self.state_dtype if rule is self.rule else "float32")
             self._lstm_states.append([
                 self.add_variable(shape=shape, initializer="zeros",
-                                  dtype=dtype,
+                                  dtype=dtype.name,
                                   name=f"{path.replace('/', '_')}_"
                                        f"{rule.name}_{k}")
-                for k, shape in enumerate(rule.state_shapes(size))
+                for k, (shape, dtype) in enumerate(
+                    zip(rule.state_shapes(size), dtypes))
             ])
 
     def _rule_for(self, path: str) -> networks.UpdateRule:

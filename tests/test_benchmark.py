@@ -28,6 +28,12 @@ def test_lstm_counts_by_hand():
     with pytest.raises(ValueError, match="state_dtype.*Received: "
                                          "state_dtype='int8'"):
         benchmark.network_counts({}, "int8")
+    # Adam-normalised inputs: width 4, and (m, v, t) in float32.
+    counts = benchmark.network_counts(
+        {"hidden_sizes": [20, 20], "preprocess": "log_sign_adam"}, "bfloat16")
+    assert counts == {"macs_per_coordinate": 24 * 80 + 40 * 80 + 20,
+                      "state_bytes": 160 + 12,
+                      "update_bytes_per_coordinate": 4 + 8 + 2 * 172}
     # The step's matmuls as it runs them: the ones column adds a row.
     shapes = benchmark.lstm_matmul_shapes((20, 20), 2)
     assert shapes == [(23, 20)] * 4 + [(41, 20)] * 4 + [(20, 1)]
