@@ -2,6 +2,7 @@
 
     python -m train.meta_train --config=configs/mnist_log_mean.py --workdir=/tmp/l2l/mnist_log_mean
     python -m train.meta_train --config=configs/mnist_log_mean.py:long --workdir=/tmp/l2l/mnist_log_mean_long
+    python -m train.meta_train --config=configs/mnist_log_mean.py:adam_inputs --workdir=/tmp/l2l/mnist_adam_inputs
 
 The network, preprocessing and problem are configs/mnist.py's (the paper's);
 what changes is what meta-training asks for and for how long:
@@ -21,11 +22,17 @@ Variant "long" (the config string's ":long") aims at long runs as well: from
 iteration 6,000 the runs last 1,000 steps, the optimizees' parameters and
 loss is randomly rescaled by 1/10 .. 10 (so the network meets gradients
 as small as a run's late steps'), and validation adds step 1,000.
+
+Variant "adam_inputs" gives the network richer inputs, RNNprop's (Lv et al.
+2017): besides log/sign of the gradient, Adam's bias-corrected momentum and
+the gradient, each divided by the root of Adam's second moment
+(network.preprocess = "log_sign_adam"; 160 more weights, 3 more floats of
+state a coordinate).
 """
 
 from configs import mnist
 
-VARIANTS = ("", "long")
+VARIANTS = ("", "long", "adam_inputs")
 
 
 def get_config(variant: str = ""):
@@ -54,4 +61,6 @@ def get_config(variant: str = ""):
         config.eval_every = 500
         config.validation.horizon = 1000
         config.validation.horizons = (100, 200, 1000)
+    if variant == "adam_inputs":
+        config.network.preprocess = "log_sign_adam"
     return config
