@@ -19,9 +19,10 @@ what changes is what meta-training asks for and for how long:
   losses at steps 100 and 200) picks the export.
 
 Variant "long" (the config string's ":long") aims at long runs as well: from
-iteration 6,000 the runs last 1,000 steps, the optimizees' parameters and
-loss is randomly rescaled by 1/10 .. 10 (so the network meets gradients
-as small as a run's late steps'), and validation adds step 1,000.
+iteration 6,000 the runs last 1,000 steps; throughout, each training
+optimizee's loss is multiplied by a random factor in 1/10 .. 10 (so the
+network meets gradients as small as a run's late steps', meta.loss_scale_range);
+validation adds step 1,000.
 
 Variant "adam_inputs" gives the network richer inputs, RNNprop's (Lv et al.
 2017): besides log/sign of the gradient, Adam's bias-corrected momentum and

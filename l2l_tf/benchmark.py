@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -248,6 +248,21 @@ def lstm_matmul_shapes(hidden_sizes: Sequence[int],
     return shapes + [(width, 1)]
 
 
+def profile_matmuls(shapes: Sequence[Tuple[int, int]], n: int):
+    """A tf.function running one matmul per (inner, outer) of `shapes` on
+    n rows, all of them, as in the step: the matmuls of one inner width
+    share their input (a layer's four gates read one [n, in + h + 1]
+    operand), and the executor may run independent ones side by side.
+    Returns every product, so none is pruned."""
+    import tensorflow as tf
+    inputs = {k: tf.random.stateless_normal([n, k], [8, k])
+              for k in sorted({k for k, _ in shapes})}
+    kernels = [tf.random.stateless_normal([k, m], [9, i])
+               for i, (k, m) in enumerate(shapes)]
+    return tf.function(lambda: tuple(
+        tf.matmul(inputs[k.shape[0]], k) for k in kernels))
+
+
 def measure_profile(n: int, repeats: int = 5) -> dict:
     """Times one step of the default network on n coordinates, its matmuls
     alone (one tf.function running the step's matmuls at its shapes), and
@@ -265,16 +280,7 @@ def measure_profile(n: int, repeats: int = 5) -> dict:
                           lambda r: r[0].numpy(), repeats)[0]
     width = preprocess.PREPROCESSORS[rule.preprocess].width
     shapes = lstm_matmul_shapes(rule.hidden_sizes, width)
-    inputs = [tf.random.stateless_normal([n, k], [8, i])
-              for i, (k, _) in enumerate(shapes)]
-    kernels = [tf.random.stateless_normal([k, m], [9, i])
-               for i, (k, m) in enumerate(shapes)]
-
-    # All of them in one function, as in the step (the executor may run
-    # independent ones side by side); every product is an output, so none
-    # is pruned.
-    matmuls = tf.function(lambda: tuple(
-        tf.matmul(x, k) for x, k in zip(inputs, kernels)))
+    matmuls = profile_matmuls(shapes, n)
     t_matmul = _median_time(matmuls, lambda r: r[-1].numpy(), repeats)[0]
     h = rule.hidden_sizes[-1]
     act = tf.random.stateless_normal([n, h], [10, 11])
@@ -636,7 +642,11 @@ def format_table(result: dict) -> str:
                     f"{_fmt(speed, '7.2f')} "
                     f"{r['state_bytes_per_param']:>7.1f} "
                     f"{r['traces']:>6} {rss:>8.2f}")
-    lines += ["", "meta-iteration (unroll of 20 + backward + phi's Adam step)",
+    unrolls = sorted({r["unroll_length"] for row in result["meta"]
+                      for r in (row.get("current"), row.get("baseline")) if r})
+    lines += ["", "meta-iteration (unroll of "
+              f"{'/'.join(map(str, unrolls)) or '-'} + backward + phi's Adam "
+              "step)",
               f"{'config':<10} {'tree':<8} {'coords':>8} {'ms':>9} {'cpu ms':>8} "
               f"{'bound ms':>8} {'t/bound':>7} {'speedup':>7} {'traces':>6} "
               f"{'peak GiB':>8}"]

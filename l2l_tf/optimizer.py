@@ -26,7 +26,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
     phi (5,141 weights by default) is shared by all coordinates and was
     meta-trained by `train.meta_train`; each coordinate keeps its own LSTM
     state (80 floats, 320 bytes, a coordinate by default; 160 bytes with
-    `state_dtype="bfloat16"`).
+    `state_dtype="bfloat16"`; a network with preprocess="log_sign_adam"
+    keeps 3 more float32 values, Adam's m, v and t: 332 and 172 bytes).
 
     Args:
       weights: the name of weights shipped with the package

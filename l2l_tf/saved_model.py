@@ -67,8 +67,9 @@ class _Export(tf.Module):
                     for name in rule.phi_shapes()}
         self.metadata = tf.Variable(json.dumps(metadata), trainable=False,
                                     name="metadata")
-        # The signatures pack the state into one tensor [n, 2 * sum(hidden)]
-        # ((h, c) of each layer side by side) so any runtime can carry it.
+        # The signatures pack the state into one tensor [n, sum of the state
+        # widths] ((h, c) of each layer side by side, then a preprocessor's
+        # own, if any: [n, 80] or [n, 83]) so any runtime can carry it.
         widths = [s[1] for s in rule.state_shapes(1)]
         width = sum(widths)
 

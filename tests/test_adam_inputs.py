@@ -34,11 +34,17 @@ def _np_adam_features(grad_steps, p=P, b1=0.9, b2=0.99, eps=1e-8):
 
 def test_features_match_adam_by_hand():
     rng = np.random.default_rng(0)
-    steps = [rng.normal(0, s, 5).astype(np.float32)
+    steps = [rng.normal(0, s, 7).astype(np.float32)
              for s in (1.0, 1e-3, 10.0, 1e-6, 0.1)]
     steps[1][2] = 0.0
+    for g in steps:  # Constant small gradients, near and below eps.
+        g[5], g[6] = 1e-5, -1e-9
     want, want_moments = _np_adam_features(steps)
-    moments = tf.zeros([5, 3])
+    # Where eps goes matters there: sqrt(v_hat) + eps, not sqrt(v_hat + eps).
+    np.testing.assert_allclose(want[-1][5:, 2],
+                               [1e-5 / (1e-5 + 1e-8), -1e-9 / (1e-9 + 1e-8)],
+                               rtol=1e-4)
+    moments = tf.zeros([7, 3])
     for g, w in zip(steps, want):
         x, moments = preprocess.log_sign_adam(tf.constant(g), P, moments)
         np.testing.assert_allclose(x.numpy(), w, rtol=2e-5, atol=1e-6)

@@ -106,6 +106,12 @@ def test_bounds_and_ratios_by_hand():
     assert benchmark.ratio(None, 1.0) is None
 
 
+def test_profile_runs_every_matmul_of_the_step():
+    shapes = benchmark.lstm_matmul_shapes((20, 20), 2)
+    products = benchmark.profile_matmuls(shapes, 5)()
+    assert [tuple(p.shape) for p in products] == [(5, m) for _, m in shapes]
+
+
 def test_quick_run_measures_every_row():
     # Without jit_compile (XLA compiles take seconds; the optimizer's XLA
     # path is tested in test_optimizer_keras.py).
@@ -132,6 +138,13 @@ def test_quick_run_measures_every_row():
         2 * 2000 * 5140 / profile["matmul_seconds"])
     assert profile["step_over_matmuls"] == pytest.approx(
         profile["step_seconds"] / profile["matmul_seconds"])
+    assert profile["elementwise_bytes_per_s"] == pytest.approx(
+        2 * 2000 * 20 * 4 / profile["elementwise_seconds"])
+    c = result["ceilings"]
+    assert profile["matmul_share_of_square_rate"] == pytest.approx(
+        profile["matmul_flops_per_s"] / c["matmul_flops_per_s"])
+    assert profile["elementwise_share_of_copy_bandwidth"] == pytest.approx(
+        profile["elementwise_bytes_per_s"] / c["copy_bytes_per_s"])
     table = benchmark.format_table(result)
     assert "learned" in table and "quadratic" in table
     assert "its matmuls alone" in table

@@ -216,6 +216,11 @@ def test_meta_train_binary_end_to_end(tmp_path):
 def test_configs_are_valid():
     for module in (mnist_config, quadratic_config):
         meta.validate_config(module.get_config())
+    from configs import mnist_log_mean
+    for variant in mnist_log_mean.VARIANTS:
+        meta.validate_config(mnist_log_mean.get_config(variant))
+    with pytest.raises(ValueError, match="variants are .*Received: 'lng'"):
+        mnist_log_mean.get_config("lng")
 
 
 def test_repeated_divergence_restores_the_last_checkpoint(tmp_path):
