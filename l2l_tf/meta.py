@@ -241,6 +241,16 @@ class Stage:
     first_run: int
 
 
+def check_until(config, until: int):
+    """Raises ValueError unless `until` is a positive multiple of
+    `checkpoint_every`, where `MetaTrainer.train(until=...)` can stop."""
+    if not isinstance(until, int) or until <= 0 or (
+            until % config.checkpoint_every):
+        raise ValueError("`until` must be a positive multiple of "
+                         f"`checkpoint_every` ({config.checkpoint_every})."
+                         f" Received: until={until!r}")
+
+
 def run_stages(config) -> list:
     """The run-length schedule of `config` (meta.run_length, then the
     meta.curriculum stages) as Stages; raises ValueError on a bad curriculum.
@@ -609,10 +619,8 @@ class MetaTrainer:
         pieces that each resume where the last one stopped.
         """
         config = self.config
-        if until is not None and (until <= 0 or until % config.checkpoint_every):
-            raise ValueError("`until` must be a positive multiple of "
-                             f"`checkpoint_every` ({config.checkpoint_every})."
-                             f" Received: until={until!r}")
+        if until is not None:
+            check_until(config, until)
         os.makedirs(self.workdir, exist_ok=True)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         if latest:

@@ -181,9 +181,9 @@ def test_meta_train_binary_end_to_end(tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "train.meta_train",
            "--config=configs/quadratic.py", f"--workdir={workdir}",
-           "--config.meta.num_iterations=10", "--config.meta.run_length=10",
-           "--config.meta.unroll_length=5", "--config.checkpoint_every=10",
-           "--config.eval_every=10", "--config.problem_kwargs.dim=3",
+           "--config.meta.num_iterations=8", "--config.meta.run_length=10",
+           "--config.meta.unroll_length=5", "--config.checkpoint_every=4",
+           "--config.eval_every=4", "--config.problem_kwargs.dim=3",
            "--config.problem_kwargs.num_functions=4",
            "--config.validation.num_seeds=2",
            "--config.evaluation.num_seeds=2",
@@ -191,10 +191,23 @@ def test_meta_train_binary_end_to_end(tmp_path):
            "--config.evaluation.horizons=(5, 10)",
            "--config.validation.horizon=10",
            "--config.evaluation.baselines=('sgd', 'adam')"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    bad = subprocess.run(cmd + ["--until=3"], capture_output=True, text=True,
+                         cwd=REPO, timeout=600, env=env)
+    assert bad.returncode == 2 and "`until` must be a positive multiple of " \
+        "`checkpoint_every` (4). Received: until=3" in bad.stderr, bad.stderr
+    assert not workdir.exists()
+    # --until stops after that checkpoint, without evaluating.
+    part = subprocess.run(cmd + ["--until=4"], capture_output=True,
+                          text=True, cwd=REPO, timeout=600, env=env)
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith(
+        "ckpt-4")
+    assert not (workdir / "evaluation.json").exists()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                         timeout=600,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                         timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "Resumed from" in out.stderr
     assert "learned" in out.stdout and "adam" in out.stdout
     with open(workdir / "evaluation.json") as f:
         results = json.load(f)
@@ -206,9 +219,8 @@ def test_meta_train_binary_end_to_end(tmp_path):
     assert results["optimizers"]["adam"]["per_horizon"]["10"][
         "learning_rate"] in grid
     # Rerunning resumes: nothing left to train.
-    again = subprocess.run(cmd + ["--noevaluate"], capture_output=True, text=True, cwd=REPO,
-                           timeout=600,
-                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    again = subprocess.run(cmd + ["--noevaluate"], capture_output=True,
+                           text=True, cwd=REPO, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resumed from" in again.stderr
 

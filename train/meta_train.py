@@ -37,6 +37,12 @@ _STRATEGY = flags.DEFINE_enum(
     "tf.distribute strategy: 'default' (one device), 'mirrored' (all local "
     "GPUs, or the CPU if there are none) or 'multi_worker' (the cluster in "
     "TF_CONFIG).")
+_UNTIL = flags.DEFINE_integer(
+    "until", None,
+    "Stop after the checkpoint at this iteration (a multiple of "
+    "checkpoint_every) and skip the evaluation; the same command without "
+    "it resumes there. Splits a run across sessions, and rebuilds an export "
+    "that came from a run stopped early.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -60,13 +66,17 @@ def main(argv):
         tf.config.experimental.enable_op_determinism()
     config = _CONFIG.value
     _cli.checked(meta.validate_config, config)  # Before a cluster is waited for.
+    until = _UNTIL.value
+    if until is not None:
+        _cli.checked(meta.check_until, config, until)
     strategy = make_strategy(_STRATEGY.value)
     trainer = meta.MetaTrainer(config, _WORKDIR.value, strategy=strategy)
-    result = trainer.train()
+    result = trainer.train(until=until)
     logging.info("Meta-training done in %.0f s; best validation loss %.4f; "
                  "export: %s", result.seconds, result.best_validation,
                  result.export_dir)
-    if _EVALUATE.value and trainer.is_chief:
+    if _EVALUATE.value and trainer.is_chief and (
+            until is None or until >= config.meta.num_iterations):
         weights = result.export_dir or result.export_last_dir
         results = evaluation.evaluate_config(
             config, {"learned": weights}, _WORKDIR.value)
