@@ -2,6 +2,7 @@
 
     python -m train.meta_train --config=configs/mnist_log_mean.py --workdir=/tmp/l2l/mnist_log_mean
     python -m train.meta_train --config=configs/mnist_log_mean.py:long --workdir=/tmp/l2l/mnist_log_mean_long
+    python -m train.meta_train --config=configs/mnist_log_mean.py:loss_scaled --workdir=/tmp/l2l/mnist_loss_scaled
     python -m train.meta_train --config=configs/mnist_log_mean.py:adam_inputs --workdir=/tmp/l2l/mnist_adam_inputs
 
 The network, preprocessing and problem are configs/mnist.py's (the paper's);
@@ -18,11 +19,18 @@ what changes is what meta-training asks for and for how long:
 - validation on both reported horizons (the geometric mean of the mean
   losses at steps 100 and 200) picks the export.
 
-Variant "long" (the config string's ":long") aims at long runs as well: from
-iteration 6,000 the runs last 1,000 steps; throughout, each training
-optimizee's loss is multiplied by a random factor in 1/10 .. 10 (so the
-network meets gradients as small as a run's late steps', meta.loss_scale_range);
-validation adds step 1,000.
+Variant "long" (the config string's ":long") aims at long runs as well:
+the same run until iteration 7,300, then runs of 1,000 steps (whose later
+steps, in the log meta-loss, weigh the overshoots a 200-step run never
+meets), and validation adds step 1,000 (the geometric mean of the mean
+losses at steps 100, 200 and 1,000). Validation does not change phi, so
+this is also a branch of the base run: copy its workdir at ckpt-7300 and
+run this variant on the copy (the best validation starts over there).
+
+Variant "loss_scaled": 1,000-step runs from iteration 6,000, validation at
+steps 100, 200 and 1,000, and, throughout, each training optimizee's loss
+multiplied by a random factor in 1/10 .. 10 (meta.loss_scale_range, so the
+network meets gradients as small as a run's late steps').
 
 Variant "adam_inputs" gives the network richer inputs, RNNprop's (Lv et al.
 2017): besides log/sign of the gradient, Adam's bias-corrected momentum and
@@ -33,7 +41,7 @@ state a coordinate).
 
 from configs import mnist
 
-VARIANTS = ("", "long", "adam_inputs")
+VARIANTS = ("", "long", "loss_scaled", "adam_inputs")
 
 
 def get_config(variant: str = ""):
@@ -56,12 +64,15 @@ def get_config(variant: str = ""):
     config.validation.horizon = 200
     config.validation.horizons = (100, 200)
     config.evaluation.horizons = (100, 200)
-    if variant == "long":
-        m.curriculum = ((2000, 200), (6000, 1000))
-        m.loss_scale_range = 10.0
+    if variant in ("long", "loss_scaled"):
         config.eval_every = 500
         config.validation.horizon = 1000
         config.validation.horizons = (100, 200, 1000)
+    if variant == "long":
+        m.curriculum = ((2000, 200), (7300, 1000))
+    if variant == "loss_scaled":
+        m.curriculum = ((2000, 200), (6000, 1000))
+        m.loss_scale_range = 10.0
     if variant == "adam_inputs":
         config.network.preprocess = "log_sign_adam"
     return config

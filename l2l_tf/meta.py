@@ -584,20 +584,24 @@ class MetaTrainer:
 
         Only fields that do not alter what was learned up to the checkpoint
         (at `iteration`) may change: meta.num_iterations, log_every,
-        evaluation.*, and meta.curriculum stages that start at or after
+        evaluation.*, validation.* and eval_every (they choose the export,
+        not phi), and meta.curriculum stages that start at or after
         `iteration` (a run can branch into a new curriculum from a
-        checkpoint).
+        checkpoint). Returns whether the validation changed: the best
+        validation loss then starts over.
         """
         path = os.path.join(self.workdir, "config.json")
         if not os.path.exists(path):
-            return
+            return False
         with open(path) as f:
             saved = with_defaults(json.load(f))
         current = with_defaults(
             json.loads(json.dumps(self.config.to_dict(), default=str)))
+        validation_changed = any(
+            saved.get(k) != current.get(k) for k in ("validation", "eval_every"))
         for d in (saved, current):
-            d.pop("log_every", None)
-            d.pop("evaluation", None)
+            for key in ("log_every", "evaluation", "validation", "eval_every"):
+                d.pop(key, None)
             d.get("meta", {}).pop("num_iterations", None)
             m = d.get("meta", {})
             m["curriculum"] = [list(e) for e in m.get("curriculum", [])
@@ -607,9 +611,11 @@ class MetaTrainer:
             raise ValueError(
                 f"--workdir {self.workdir!r} holds checkpoints of another "
                 f"experiment; these config fields differ: {diff}. Use a new "
-                "workdir (only meta.num_iterations, log_every, evaluation.* "
-                "and meta.curriculum stages from the checkpoint's iteration "
-                f"({iteration}) on may change on resume).")
+                "workdir (only meta.num_iterations, log_every, evaluation.*, "
+                "validation.*, eval_every and meta.curriculum stages from the "
+                f"checkpoint's iteration ({iteration}) on may change on "
+                "resume).")
+        return validation_changed
 
     def train(self, until: Optional[int] = None) -> Result:
         """Meta-trains to `config.meta.num_iterations` (resuming if possible).
@@ -623,8 +629,8 @@ class MetaTrainer:
             check_until(config, until)
         os.makedirs(self.workdir, exist_ok=True)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest:
-            self._check_same_experiment(int(tf.train.load_variable(
+        validation_changed = bool(latest) and self._check_same_experiment(
+            int(tf.train.load_variable(
                 latest, "iteration/.ATTRIBUTES/VARIABLE_VALUE")))
         if self.is_chief:
             for name in ("export", "export_last"):
@@ -636,6 +642,16 @@ class MetaTrainer:
             self.checkpoint.restore(latest)
             logging.info("Resumed from %s at iteration %d.", latest,
                          int(self.iteration.numpy()))
+            if validation_changed:
+                # Another validation: earlier losses do not compare, so the
+                # best starts over here, with the checkpoint's phi.
+                val = self.validate()
+                logging.info("Validation changed: restarting the best "
+                             "validation at %.4f.", val)
+                self.best_validation.assign(np.inf)
+                if np.isfinite(val):
+                    self.best_validation.assign(val)
+                    self.export("export", val)
         start_it = int(self.iteration.numpy())
         total = config.meta.num_iterations
         if start_it == 0 and field(config, "validation.include_initial"):

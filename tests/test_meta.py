@@ -293,6 +293,38 @@ def test_resuming_another_experiment_is_refused(tmp_path):
     assert meta.MetaTrainer(longer, str(tmp_path)).train().iterations == 12
 
 
+def test_a_new_validation_on_resume_restarts_the_best(tmp_path):
+    """validation.* and eval_every choose the export, not phi: they may
+    change on resume, and the best validation starts over at the
+    checkpoint's phi, on the new validation."""
+    first = meta.MetaTrainer(tiny_quadratic_config(), str(tmp_path))
+    first.train(until=4)
+    old_best = float(first.best_validation.numpy())
+    config = tiny_quadratic_config()
+    config.validation.horizon = 5
+    config.validation.num_seeds = 3
+    config.eval_every = 8
+    trainer = meta.MetaTrainer(config, str(tmp_path))
+    calls = []
+    real_validate = trainer.validate
+
+    def recording_validate():
+        calls.append(int(trainer.iteration.numpy()))
+        return real_validate()
+
+    trainer.validate = recording_validate
+    trainer.train(until=4 + 4)
+    # At the resume (iteration 4), then at eval_every = 8.
+    assert calls == [4, 8]
+    best = float(trainer.best_validation.numpy())
+    _, _, metadata = saved_model.load(str(tmp_path / "export"))
+    assert metadata["config"]["validation"]["horizon"] == 5
+    assert metadata["validation_loss"] == pytest.approx(best)
+    assert metadata["iteration"] in (4, 8)
+    # The old best (horizon 10) would not compare: it no longer counts.
+    assert best != pytest.approx(old_best)
+
+
 def _scalars(logdir):
     """{tag: {step: value}} of the scalar summaries under `logdir`."""
     out = {}
