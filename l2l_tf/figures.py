@@ -21,6 +21,10 @@ from l2l_tf import atomic  # pylint: disable=wrong-import-position
 
 _COLORS = {"sgd": "tab:green", "nag": "tab:purple", "rmsprop": "tab:orange",
            "adam": "tab:red"}
+# Learned optimizers, in the order they come: blues and greys, apart from
+# the baselines' colours.
+_LEARNED_COLORS = ("tab:blue", "tab:cyan", "navy", "tab:gray", "tab:brown",
+                   "tab:pink", "tab:olive")
 
 
 def save(fig, path: str, dpi: int):
@@ -61,6 +65,7 @@ def loss_curves(results: dict, path: str, title: Optional[str] = None,
         raise ValueError(f"`horizon` must be one of {horizons}. "
                          f"Received: horizon={horizon!r}")
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    learned_seen = 0
     for name, entry in results["optimizers"].items():
         if entry.get("kind") == "baseline":
             per = entry["per_horizon"][str(horizon)]
@@ -73,7 +78,11 @@ def loss_curves(results: dict, path: str, title: Optional[str] = None,
         steps = np.arange(len(mean))
         shown = np.isfinite(mean) & (mean > 0)
         learned = entry.get("kind") != "baseline"
-        color = "tab:blue" if learned else _COLORS.get(name)
+        if learned:
+            color = _LEARNED_COLORS[learned_seen % len(_LEARNED_COLORS)]
+            learned_seen += 1
+        else:
+            color = _COLORS.get(name)
         ax.plot(steps[shown], mean[shown], color=color,
                 linewidth=2.0 if learned else 1.2,
                 label=curve_label(name, entry, horizon))

@@ -122,8 +122,9 @@ def test_get_config_round_trip(export_dir):
 
 
 def test_shipped_weights_load_by_name():
-    assert {"mnist", "quadratic"} <= set(l2l_tf.pretrained_names())
-    for name in ("mnist", "quadratic"):
+    assert {"mnist", "mnist_log_mean", "quadratic"} <= set(
+        l2l_tf.pretrained_names())
+    for name in ("mnist", "mnist_log_mean", "quadratic"):
         opt = LearnedOptimizer(weights=name)
         _, phi, _ = saved_model.load(name)
         var = keras.Variable(np.ones(3, np.float32))
@@ -131,7 +132,7 @@ def test_shipped_weights_load_by_name():
         np.testing.assert_array_equal(opt._phi[0].numpy(),
                                       phi[opt._phi_names[0]])
         assert np.all(var.numpy() != 1.0)
-    assert LearnedOptimizer().weights_spec == "mnist"
+    assert LearnedOptimizer().weights_spec == "mnist_log_mean"
 
 
 def test_bad_weights_raise_clear_errors(tmp_path):
