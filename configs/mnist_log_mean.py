@@ -13,8 +13,8 @@ what changes is what meta-training asks for and for how long:
   so every step counts by its relative progress and the late steps, where
   the figures are taken, weigh as much as the first ones (the paper's mean
   of f is dominated by the first steps, where f is 2.3 rather than 0.05);
-- 10x the paper recipe's meta-iterations (10,000: 2,000 runs' worth of
-  unrolls), the meta learning rate decaying 10x over them, meta-gradients
+- 10x the paper recipe's meta-iterations (10,000: 400 runs of 100 steps,
+  then 800 of 200), the meta learning rate decaying 10x over them, meta-gradients
   clipped, and a Polyak average of phi validated and exported;
 - a curriculum: 100-step runs, then 200-step runs from iteration 2,000;
 - validation on both reported horizons (the geometric mean of the mean
@@ -39,9 +39,8 @@ the gradient, each divided by the root of Adam's second moment
 (network.preprocess = "log_sign_adam"; 160 more weights, 3 more floats of
 state a coordinate).
 
-Variant "adam_inputs_long": those inputs with the long runs and validation
-of "long" (1,000-step runs from iteration 6,000; validation at steps 100,
-200 and 1,000) and a 3x lower meta learning rate (1e-3 decaying to 1e-4),
+Variant "adam_inputs_long": those inputs with runs of 1,000 steps from
+iteration 6,000 and the validation of "long" (steps 100, 200 and 1,000) and a 3x lower meta learning rate (1e-3 decaying to 1e-4),
 as "adam_inputs" drifted at 3e-3.
 """
 

@@ -579,6 +579,15 @@ class MetaTrainer:
 
     # -- the loop --------------------------------------------------------------
 
+    def check_workdir(self) -> bool:
+        """Raises ValueError if the workdir holds checkpoints of another
+        experiment (see `_check_same_experiment`), before any work; returns
+        whether the validation changed since them."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        return bool(latest) and self._check_same_experiment(
+            int(tf.train.load_variable(
+                latest, "iteration/.ATTRIBUTES/VARIABLE_VALUE")))
+
     def _check_same_experiment(self, iteration: int):
         """Refuses to resume a workdir that holds another experiment.
 
@@ -627,11 +636,9 @@ class MetaTrainer:
         config = self.config
         if until is not None:
             check_until(config, until)
+        validation_changed = self.check_workdir()
         os.makedirs(self.workdir, exist_ok=True)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        validation_changed = bool(latest) and self._check_same_experiment(
-            int(tf.train.load_variable(
-                latest, "iteration/.ATTRIBUTES/VARIABLE_VALUE")))
         if self.is_chief:
             for name in ("export", "export_last"):
                 saved_model.recover(os.path.join(self.workdir, name))
@@ -671,6 +678,10 @@ class MetaTrainer:
         params = state = task = None
         window, norms = [], []
         stop = total if until is None else min(until, total)
+        if stop <= start_it and until is not None:
+            logging.warning("until=%d is at or before the checkpoint's "
+                            "iteration (%d): nothing to train.", until,
+                            start_it)
         consecutive_skips = 0
         it = start_it
         while it < stop:
@@ -738,7 +749,8 @@ class MetaTrainer:
             shutil.rmtree(os.path.dirname(self.manager.directory),
                           ignore_errors=True)
         if stop < total:
-            return Result(iterations=stop, best_validation=best,
+            return Result(iterations=int(self.iteration.numpy()),
+                          best_validation=best,
                           export_dir=None, export_last_dir="",
                           seconds=time.time() - start_time)
         export_dir = os.path.join(self.workdir, "export")

@@ -204,6 +204,14 @@ def test_meta_train_binary_end_to_end(tmp_path):
     assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith(
         "ckpt-4")
     assert not (workdir / "evaluation.json").exists()
+    assert "Stopped at iteration 4 (--until=4)" in part.stderr
+    # Another experiment's checkpoints: the message alone, exit 2.
+    other = subprocess.run(cmd + ["--config.meta.learning_rate=0.5"],
+                           capture_output=True, text=True, cwd=REPO,
+                           timeout=600, env=env)
+    assert other.returncode == 2 and other.stderr.strip().splitlines()[
+        -1].startswith("ValueError: --workdir"), other.stderr[-2000:]
+    assert "Traceback" not in other.stderr
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                          timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

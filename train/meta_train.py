@@ -71,7 +71,12 @@ def main(argv):
         _cli.checked(meta.check_until, config, until)
     strategy = make_strategy(_STRATEGY.value)
     trainer = meta.MetaTrainer(config, _WORKDIR.value, strategy=strategy)
+    _cli.checked(trainer.check_workdir)  # Another experiment's checkpoints.
     result = trainer.train(until=until)
+    if until is not None and result.iterations < config.meta.num_iterations:
+        logging.info("Stopped at iteration %d (--until=%d); the same command "
+                     "without --until continues.", result.iterations, until)
+        return
     logging.info("Meta-training done in %.0f s; best validation loss %.4f; "
                  "export: %s", result.seconds, result.best_validation,
                  result.export_dir)
