@@ -166,11 +166,11 @@ def network_counts(network: dict, state_dtype: str = "float32") -> dict:
                          f" Received: state_dtype={state_dtype!r}")
     hidden = tuple(network.get("hidden_sizes", (20, 20)))
     pre = preprocess.PREPROCESSORS[network.get("preprocess", "log_sign")]
-    width = pre.width
     # A preprocessor's own state (Adam's moments) stays float32.
     state = (lstm_state_bytes(hidden, DTYPE_BYTES[state_dtype])
-             + getattr(pre, "state_width", 0) * FLOAT32_BYTES)
-    return {"macs_per_coordinate": lstm_macs_per_coordinate(hidden, width),
+             + pre.state_width * FLOAT32_BYTES)
+    return {"macs_per_coordinate": lstm_macs_per_coordinate(hidden,
+                                                            pre.width),
             "state_bytes": state,
             "update_bytes_per_coordinate": update_bytes_per_coordinate(state)}
 

@@ -655,9 +655,8 @@ class MetaTrainer:
                 val = self.validate()
                 logging.info("Validation changed: restarting the best "
                              "validation at %.4f.", val)
-                self.best_validation.assign(np.inf)
+                self.best_validation.assign(val if np.isfinite(val) else np.inf)
                 if np.isfinite(val):
-                    self.best_validation.assign(val)
                     self.export("export", val)
         start_it = int(self.iteration.numpy())
         total = config.meta.num_iterations

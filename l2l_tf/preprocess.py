@@ -29,7 +29,6 @@ back to v, and t + 1 back to t past 256).
 import math
 from typing import Callable, NamedTuple
 
-
 import tensorflow as tf
 
 

@@ -1,7 +1,5 @@
 """preprocess="log_sign_adam": RNNprop-style Adam-normalised inputs."""
 
-import math
-
 import keras
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import tensorflow as tf
 from l2l_tf import meta, networks, preprocess, problems, saved_model, unroll
 from l2l_tf.optimizer import LearnedOptimizer
 from tests.test_meta import tiny_quadratic_config
+from tests.test_networks import _np_log_sign
 
 P = 10.0
 
@@ -24,11 +23,10 @@ def _np_adam_features(grad_steps, p=P, b1=0.9, b2=0.99, eps=1e-8):
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-        big = np.abs(g) >= math.exp(-p)
-        first = np.where(big, np.log(np.maximum(np.abs(g), 1e-300)) / p, -1)
-        second = np.where(big, np.sign(g), g * math.exp(p))
         denom = np.sqrt(v_hat) + eps
-        out.append(np.stack([first, second, m_hat / denom, g / denom], -1))
+        out.append(np.concatenate(
+            [_np_log_sign(g, p), np.stack([m_hat / denom, g / denom], -1)],
+            axis=-1))
     return out, np.stack([m, v, np.full_like(m, len(grad_steps))], -1)
 
 
