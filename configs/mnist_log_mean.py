@@ -5,6 +5,7 @@
     python -m train.meta_train --config=configs/mnist_log_mean.py:loss_scaled --workdir=/tmp/l2l/mnist_loss_scaled
     python -m train.meta_train --config=configs/mnist_log_mean.py:adam_inputs --workdir=/tmp/l2l/mnist_adam_inputs
     python -m train.meta_train --config=configs/mnist_log_mean.py:adam_inputs_long --workdir=/tmp/l2l/mnist_adam_inputs_long
+    python -m train.meta_train --config=configs/mnist_log_mean.py:long_10k --workdir=/tmp/l2l/mnist_log_mean_10k
 
 The network, preprocessing and problem are configs/mnist.py's (the paper's);
 what changes is what meta-training asks for and for how long:
@@ -46,7 +47,8 @@ as "adam_inputs" drifted at 3e-3.
 
 from configs import mnist
 
-VARIANTS = ("", "long", "loss_scaled", "adam_inputs", "adam_inputs_long")
+VARIANTS = ("", "long", "loss_scaled", "adam_inputs", "adam_inputs_long",
+            "long_10k")
 
 
 def get_config(variant: str = ""):
@@ -69,7 +71,7 @@ def get_config(variant: str = ""):
     config.validation.horizon = 200
     config.validation.horizons = (100, 200)
     config.evaluation.horizons = (100, 200)
-    if variant in ("long", "loss_scaled", "adam_inputs_long"):
+    if variant in ("long", "loss_scaled", "adam_inputs_long", "long_10k"):
         config.eval_every = 500
         config.validation.horizon = 1000
         config.validation.horizons = (100, 200, 1000)
@@ -84,4 +86,14 @@ def get_config(variant: str = ""):
         m.curriculum = ((2000, 200), (6000, 1000))
         m.learning_rate = 1e-3
         m.final_learning_rate = 1e-4
+    if variant == "long_10k":
+        # Fine-tunes the shipped weights (those of "long") on 10,000-step runs.
+        m.init_weights = "mnist_log_mean"
+        m.num_iterations = 3000
+        m.run_length = 10000
+        m.curriculum = ()
+        m.learning_rate = 3e-4
+        m.final_learning_rate = 1e-4
+        config.checkpoint_every = 500
+        config.validation.include_initial = True
     return config
