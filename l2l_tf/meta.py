@@ -65,6 +65,12 @@ CONFIG_DEFAULTS = {
     # the first meta-step: with meta.init_weights, the export can then never
     # be worse on validation than the weights it started from.
     "validation.include_initial": False,
+    # Penalises runs that rise during validation: when > 0 and a validation
+    # seed's loss rises above this factor times its running minimum anywhere
+    # up to the last horizon (evaluation.stability), the score is multiplied
+    # by (that ratio / this factor), so a spiking candidate loses to a
+    # steady one of similar loss. 0: no penalty.
+    "validation.max_rise": 0.0,
     # The baselines' tuning grid; empty: evaluation.lr_grid().
     "evaluation.learning_rates": (),
 }
@@ -165,6 +171,12 @@ def validate_config(config):
            for h in horizons):
         raise ValueError("`validation.horizons` must hold positive integers."
                          f" Received: validation.horizons={horizons!r}")
+    rise = field(config, "validation.max_rise")
+    if not (isinstance(rise, numbers.Real) and not isinstance(rise, bool)
+            and math.isfinite(rise) and (rise == 0 or rise >= 1)):
+        raise ValueError("`validation.max_rise` must be 0 (no penalty) or a "
+                         "number >= 1. Received: validation.max_rise="
+                         f"{rise!r}")
     grid = field(config, "evaluation.learning_rates")
     if any(not (isinstance(lr, numbers.Real) and lr > 0
                 and math.isfinite(lr)) for lr in grid):
@@ -549,7 +561,8 @@ class MetaTrainer:
 
         With several `validation.horizons`, the geometric mean over them of
         the mean loss at each (so that a late horizon, where losses are
-        smaller, counts as much as an early one).
+        smaller, counts as much as an early one). With `validation.max_rise`
+        set, multiplied by the largest rise over it (see CONFIG_DEFAULTS).
         """
         curves = evaluation.run_curves(
             self._val_run, self._evaluated_phi(),
@@ -559,9 +572,17 @@ class MetaTrainer:
         if not np.all(np.isfinite(finals)):
             return float("inf")
         means = np.mean(finals, axis=0)
-        if len(means) == 1:
-            return float(means[0])
-        return float(np.exp(np.mean(np.log(np.maximum(means, 1e-30)))))
+        score = float(means[0]) if len(means) == 1 else float(
+            np.exp(np.mean(np.log(np.maximum(means, 1e-30)))))
+        max_rise = float(field(self.config, "validation.max_rise"))
+        if max_rise:
+            rise = evaluation.stability(curves, max_rise)["max_ratio"]
+            if rise > max_rise:
+                logging.info("Validation rose %.2fx over its running minimum "
+                             "(allowed %.2fx): score %.4g -> %.4g.", rise,
+                             max_rise, score, score * rise / max_rise)
+                score *= rise / max_rise
+        return score
 
     def export(self, name: str, validation_loss: float) -> str:
         if not self.is_chief:  # The chief writes the exports.

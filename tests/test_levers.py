@@ -260,6 +260,30 @@ def test_validation_on_several_horizons_is_the_geometric_mean(tmp_path):
     assert one.validate() == pytest.approx(float(means[1]), rel=1e-6)
 
 
+@pytest.mark.parametrize("max_rise, want", [
+    (0.0, 0.3), (2.0, 0.3 * 3.0 / 2.0), (3.0, 0.3), (4.0, 0.3)])
+def test_validation_penalises_a_rise_over_max_rise(tmp_path, max_rise, want):
+    """A seed rising 1.5 / 0.5 = 3x over its running minimum before the
+    horizon (step 4, loss 0.3 on every seed) multiplies the score by the rise
+    over max_rise when the rise exceeds it."""
+    config = tiny_quadratic_config()
+    config.validation.horizon = 4
+    config.validation.max_rise = max_rise
+    trainer = meta.MetaTrainer(config, str(tmp_path))
+    curves = iter([[1.0, 0.5, 1.5, 0.4, 0.3], [1.0, 0.8, 0.6, 0.5, 0.3]])
+    trainer._val_run = lambda phi, seed: tf.constant(next(curves))
+    assert trainer.validate() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.5, True, float("inf"), "2"])
+def test_invalid_max_rise_raises(value):
+    config = tiny_quadratic_config()
+    config.validation.max_rise = value
+    with pytest.raises(ValueError, match=r"validation.max_rise` must be 0.*"
+                       f"Received: validation.max_rise={value!r}"[:-1]):
+        meta.validate_config(config)
+
+
 # -- divergence criterion -------------------------------------------------------
 
 
