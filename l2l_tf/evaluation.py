@@ -61,6 +61,34 @@ def summarize(curves: np.ndarray) -> dict:
     return {"mean": mean, "stderr": np.nan_to_num(stderr, nan=np.inf)}
 
 
+def summary(results: dict, num_points: int = 120) -> dict:
+    """A small copy of `evaluate`'s results for committing: everything but
+    the per-seed curves, and each optimizer's mean and standard error only
+    at about `num_points` log-spaced steps (`curve_steps`, from 0 to the
+    last horizon; every step of a short run)."""
+    if not isinstance(num_points, int) or num_points < 2:
+        raise ValueError("`num_points` must be an integer >= 2. "
+                         f"Received: num_points={num_points!r}")
+    last = max(results["horizons"])
+    steps = sorted({0, last} | {int(round(x)) for x in
+                                np.geomspace(1, max(last, 1), num_points)})
+    out = {k: v for k, v in results.items() if k != "optimizers"}
+    out["curve_steps"] = steps
+    out["optimizers"] = {}
+    for name, entry in results["optimizers"].items():
+        mean, err = np.asarray(entry["mean"]), np.asarray(entry["stderr"])
+        out["optimizers"][name] = {
+            **{k: v for k, v in entry.items() if k not in (
+                "mean", "stderr", "curves", "curves_by_lr", "per_horizon")},
+            # A baseline's per-horizon curves are left out too.
+            "per_horizon": {h: {k: v for k, v in e.items()
+                                if k not in ("mean", "stderr")}
+                            for h, e in entry["per_horizon"].items()},
+            "mean_at_steps": [float(mean[s]) for s in steps],
+            "stderr_at_steps": [float(err[s]) for s in steps]}
+    return out
+
+
 def stability(curves: np.ndarray, factor: float = 2.0) -> dict:
     """Whether runs diverge: every loss finite and never above `factor`
     times the lowest loss reached so far (its running minimum).
@@ -328,9 +356,9 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
       config: an experiment config (configs/*.py); its `evaluation` fields set
         horizons, seeds, baselines and problem_kwargs overrides.
       weights: display name -> shipped name or SavedModel path.
-      workdir: where `evaluation.json` and the loss curves (`curves_<h>.png`
-        for each horizon h, log scale) are written (atomically); None:
-        nowhere.
+      workdir: where `evaluation.json`, its `summary` (evaluation_summary.json,
+        small enough to commit) and the loss curves (`curves_<h>.png` for
+        each horizon h, log scale) are written (atomically); None: nowhere.
       extra: JSON-ready fields added to the results before they are written.
       title: the figures' title (default: the problem's name and split).
       state_dtype: the learned optimizers' state dtype ("float32" or
@@ -356,6 +384,8 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
     results.update(extra or {})
     if workdir:
         atomic.write_json(results, os.path.join(workdir, "evaluation.json"))
+        atomic.write_json(summary(results),
+                          os.path.join(workdir, "evaluation_summary.json"))
         from l2l_tf import figures  # matplotlib only where figures are drawn.
         for h in e.horizons:
             figures.loss_curves(

@@ -327,6 +327,42 @@ def test_evaluation_reports_stability_and_uses_the_configured_grid(tmp_path):
     with open(tmp_path / "evaluation.json") as f:
         assert json.load(f)["optimizers"]["learned"]["stability"] == (
             results["optimizers"]["learned"]["stability"])
+    with open(tmp_path / "evaluation_summary.json") as f:
+        small = json.load(f)
+    assert small["curve_steps"] == [0, 1, 2, 3, 4, 5]  # Every step of 5.
+    for name, entry in results["optimizers"].items():
+        got = small["optimizers"][name]
+        assert got["mean_at_steps"] == pytest.approx(entry["mean"])
+        assert got["stability"] == entry["stability"]
+        assert "curves" not in got and "curves_by_lr" not in got
+        assert got["per_horizon"]["5"]["final_mean"] == (
+            entry["per_horizon"]["5"]["final_mean"])
+
+
+def test_summary_keeps_log_spaced_steps_of_the_mean_and_drops_curves():
+    steps = np.arange(1001)
+    results = {"horizons": [100, 1000], "num_seeds": 2, "optimizers": {
+        "adam": {"kind": "baseline", "mean": list(1.0 / (1 + steps)),
+                 "stderr": list(0.1 / (1 + steps)),
+                 "curves_by_lr": {"0.01": [[1.0] * 1001] * 2},
+                 "per_horizon": {"1000": {
+                     "learning_rate": 0.01, "final_mean": 1 / 1001,
+                     "final_stderr": 0.1 / 1001, "mean": [0.0] * 1001,
+                     "stderr": [0.0] * 1001}},
+                 "stability": {"stable": True}}}}
+    small = evaluation.summary(results, num_points=4)
+    # geomspace(1, 1000, 4) = 1, 10, 100, 1000, with step 0.
+    assert small["curve_steps"] == [0, 1, 10, 100, 1000]
+    adam = small["optimizers"]["adam"]
+    assert adam["mean_at_steps"] == pytest.approx(
+        [1.0, 1 / 2, 1 / 11, 1 / 101, 1 / 1001])
+    assert adam["stderr_at_steps"][-1] == pytest.approx(0.1 / 1001)
+    assert adam["per_horizon"] == {"1000": {
+        "learning_rate": 0.01, "final_mean": 1 / 1001,
+        "final_stderr": 0.1 / 1001}}
+    assert "curves_by_lr" not in adam and small["num_seeds"] == 2
+    with pytest.raises(ValueError, match="num_points.*Received: num_points=1"):
+        evaluation.summary(results, num_points=1)
 
 
 # -- configs -------------------------------------------------------------------
