@@ -43,6 +43,12 @@ state a coordinate).
 Variant "adam_inputs_long": those inputs with runs of 1,000 steps from
 iteration 6,000 and the validation of "long" (steps 100, 200 and 1,000) and a 3x lower meta learning rate (1e-3 decaying to 1e-4),
 as "adam_inputs" drifted at 3e-3.
+
+Variant "long_10k" fine-tunes the shipped `mnist_log_mean` weights (made by
+"long") on runs of 10,000 steps, where those weights stall near 1e-5 and
+now and then spike: 3,000 meta-iterations (6 runs), the meta learning rate
+3e-4 decaying to 1e-4, validation as "long" with the starting weights
+competing (validation.include_initial), checkpoints where runs start.
 """
 
 from configs import mnist

@@ -31,12 +31,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
 
     Args:
       weights: the name of weights shipped with the package
-        (`l2l_tf.pretrained_names()`: "mnist_log_mean", "mnist",
-        "quadratic", "neural_art") or the path of a SavedModel exported by
-        `train.meta_train`. Defaults to "mnist_log_mean", meta-trained on
-        the MNIST MLP by configs/mnist_log_mean.py:long (it beats tuned SGD,
-        NAG, RMSprop and Adam there at steps 100, 200 and 1,000); "mnist"
-        is the paper's recipe (configs/mnist.py).
+        (`l2l_tf.pretrained_names()`: "mnist_log_mean_10k",
+        "mnist_log_mean", "mnist", "quadratic", "neural_art") or the path
+        of a SavedModel exported by `train.meta_train`. Defaults to
+        "mnist_log_mean_10k", meta-trained on the MNIST MLP by
+        configs/mnist_log_mean.py:long and then :long_10k (it beats tuned
+        SGD, NAG, RMSprop and Adam there at steps 100, 200 and 1,000, and
+        stays steady over 10,000 steps); "mnist_log_mean" is the weights
+        before :long_10k, "mnist" the paper's recipe (configs/mnist.py).
       learning_rate: multiplies the learned update; 1.0 (the default) runs
         exactly what was meta-trained. A float, a schedule or a callable, as
         for any Keras optimizer.
@@ -97,7 +99,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        weights: str = "mnist_log_mean",
+        weights: str = "mnist_log_mean_10k",
         learning_rate=1.0,
         network: Optional[dict] = None,
         routes: Optional[dict] = None,

@@ -122,9 +122,9 @@ def test_get_config_round_trip(export_dir):
 
 
 def test_shipped_weights_load_by_name():
-    assert {"mnist", "mnist_log_mean", "quadratic"} <= set(
-        l2l_tf.pretrained_names())
-    for name in ("mnist", "mnist_log_mean", "quadratic"):
+    names = ("mnist", "mnist_log_mean", "mnist_log_mean_10k", "quadratic")
+    assert set(names) <= set(l2l_tf.pretrained_names())
+    for name in names:
         opt = LearnedOptimizer(weights=name)
         _, phi, _ = saved_model.load(name)
         var = keras.Variable(np.ones(3, np.float32))
@@ -132,7 +132,7 @@ def test_shipped_weights_load_by_name():
         np.testing.assert_array_equal(opt._phi[0].numpy(),
                                       phi[opt._phi_names[0]])
         assert np.all(var.numpy() != 1.0)
-    assert LearnedOptimizer().weights_spec == "mnist_log_mean"
+    assert LearnedOptimizer().weights_spec == "mnist_log_mean_10k"
 
 
 def test_bad_weights_raise_clear_errors(tmp_path):
