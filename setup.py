@@ -30,7 +30,9 @@ setup(
     packages=find_packages(include=["l2l_tf", "l2l_tf.*"]),
     # The shipped weights are SavedModel folders: every file below
     # pretrained/ is package data.
-    package_data={"l2l_tf": ["pretrained/*/*", "pretrained/*/*/*"]},
+    # The fused kernel's C++ source is compiled on first use (l2l_tf/fused.py).
+    package_data={"l2l_tf": ["pretrained/*/*", "pretrained/*/*/*",
+                             "kernels/*.cc"]},
     include_package_data=True,
     # Upper bounds: the minor versions tested here.
     install_requires=[

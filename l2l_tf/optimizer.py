@@ -10,6 +10,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from l2l_tf import fused as fused_lib
 from l2l_tf import networks, saved_model
 
 
@@ -75,6 +76,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         calls, on the mean gradient: the LSTM sees one accumulated gradient
         per update and its state advances once; `iterations` counts the
         updates.
+      fused: how the LSTM step runs. None (the default): through l2l_tf's
+        fused CPU kernel (l2l_tf/fused.py; compiled on first use and cached,
+        about 15 s) wherever it can: on machines without GPUs, outside
+        `jit_compile=True`, for networks it supports (log/sign or no
+        preprocessing, up to 48 units); elsewhere, or if it cannot be
+        built, through TensorFlow ops, which compute the same to float32
+        rounding. True: the fused kernel, or a ValueError here saying why
+        not. False: TensorFlow ops always.
       name: the optimizer's name (its variables' prefix).
 
     A step in which any gradient is not finite is skipped for every variable
@@ -113,6 +122,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         ema_overwrite_frequency=None,
         loss_scale_factor=None,
         gradient_accumulation_steps=None,
+        fused: Optional[bool] = None,
         name="learned_optimizer",
         **kwargs,
     ):
@@ -128,7 +138,16 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             raise ValueError("`state_dtype` must be one of "
                              f"{networks.STATE_DTYPES}. "
                              f"Received: state_dtype={state_dtype!r}")
+        if fused not in (None, True, False):
+            raise ValueError("`fused` must be None (where it runs), True or "
+                             f"False. Received: fused={fused!r}")
         rule, phi = self._resolve(weights, network)
+        if fused:
+            why = (fused_lib.unsupported_reason(rule, state_dtype)
+                   or fused_lib.unavailable_reason())
+            if why:
+                raise ValueError(f"`fused=True`, but the fused kernel cannot "
+                                 f"run this optimizer: {why}.")
         parsed_routes = _parse_routes(routes)
         super().__init__(
             learning_rate=learning_rate,
@@ -149,6 +168,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         self._initial_phi = phi
         self.routes = parsed_routes
         self.state_dtype = state_dtype
+        self.fused = fused
 
     @staticmethod
     def _resolve(weights, network):
@@ -198,6 +218,11 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 name="phi_" + n.replace("/", "_"))
             for n in self._phi_names
         ]
+        # Whether the LSTM may take the fused kernel (where an update is
+        # traced, runs_here() says whether it does).
+        self._fused = self.fused is not False and not (
+            fused_lib.unsupported_reason(self.rule, self.state_dtype)
+            or fused_lib.unavailable_reason())
         self._skipped_steps = self.add_variable(
             shape=(), initializer="zeros", dtype="int64",
             name="skipped_steps")
@@ -270,8 +295,12 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         def update():
             grads = tf.reshape(tf.cast(gradient, tf.float32), [-1])
             phi = self._phi_dict() if rule is self.rule else rule.init_phi()
-            updates, new_states = rule.step(
-                phi, grads, tuple(s.value for s in states))
+            state = tuple(s.value for s in states)
+            if rule is self.rule and self._take_fused():
+                updates, new_states = fused_lib.lstm_step(rule, phi, grads,
+                                                          state)
+            else:
+                updates, new_states = rule.step(phi, grads, state)
             lr = tf.cast(learning_rate, tf.float32)
             delta = lr * updates
             if self.weight_decay and self._use_weight_decay(variable):
@@ -288,6 +317,19 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         # select over the state (four passes over 80 floats a coordinate);
         # XLA and tf.distribute take it as they take a select.
         tf.cond(finite, update, lambda: tf.constant(False))
+
+    def _take_fused(self):
+        """Whether the update being traced runs the fused kernel."""
+        if not self._fused:
+            return False
+        if fused_lib.in_xla_context():
+            if self.fused:
+                raise ValueError(
+                    "`fused=True`, but this update is compiled by XLA "
+                    "(jit_compile=True), which cannot run the fused kernel: "
+                    "use fused=None or False, or jit_compile=False.")
+            return False
+        return bool(self.fused) or not fused_lib.has_gpus()
 
     def _clip_gradients(self, grads):
         clipped = super()._clip_gradients(grads)
@@ -339,6 +381,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             "routes": {pattern: {"rule": rule.name, **rule.get_config()}
                        for pattern, rule in self.routes} or None,
             "state_dtype": self.state_dtype,
+            "fused": self.fused,
         })
         return config
 

@@ -1,0 +1,185 @@
+"""The fused CPU kernel of the LSTM step (l2l_tf/kernels/lstm_step.cc).
+
+`CoordinatewiseLSTM.step` written with TensorFlow ops runs about twenty
+ops, each a pass over [n, 20] through memory. The custom op `L2lLstmStep`
+computes the same step, for each group of coordinates through the whole
+network at once, with the weights in L1 (BUILD.md has the measurements).
+It computes what `step` computes, to float32 rounding (tested), for the
+preprocessors "log_sign" and "none", hidden sizes up to 48 and float32 or
+bfloat16 state; it has no gradient, so it serves the forward-only paths: the
+Keras optimizer's update and evaluation runs. Meta-training differentiates
+the TensorFlow ops.
+
+The kernel is compiled from source on first use, against the installed
+TensorFlow, for this machine's processor (`-march=native`), with the C++
+compiler in `$CXX` (else `c++`), and cached under `$L2L_TF_KERNEL_CACHE`
+(default `~/.cache/l2l_tf/kernels`) keyed by the source, the TensorFlow
+version, the compiler and the processor. Without a compiler, or with
+`L2L_TF_FUSED=0`, everything runs on the TensorFlow ops.
+"""
+
+import fcntl
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from typing import Optional
+
+import tensorflow as tf
+from tensorflow.python.framework import ops as _ops
+from tensorflow.python.ops import control_flow_util as _cf_util
+
+from l2l_tf import atomic
+
+SOURCE = os.path.join(os.path.dirname(__file__), "kernels", "lstm_step.cc")
+PREPROCESSORS = ("log_sign", "none")
+MAX_HIDDEN = 48
+STATE_DTYPES = (tf.float32, tf.bfloat16)
+_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-w",
+          "-shared", "-fPIC")
+
+
+class Unavailable(RuntimeError):
+    """The fused kernel cannot be built or loaded here (the message says
+    why)."""
+
+
+def cache_dir() -> str:
+    return os.environ.get("L2L_TF_KERNEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME")
+        or os.path.join(os.path.expanduser("~"), ".cache"),
+        "l2l_tf", "kernels")
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or "c++"
+    path = shutil.which(cxx)
+    if path is None:
+        raise Unavailable(f"no C++ compiler: {cxx!r} is not on PATH (set CXX "
+                          "or install g++)")
+    return path
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build_key(cxx: str) -> str:
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True,
+                                 text=True, check=False).stdout
+    except OSError as e:
+        raise Unavailable(f"the C++ compiler {cxx!r} does not run: {e}") from e
+    h = hashlib.sha256()
+    with open(SOURCE, "rb") as f:
+        h.update(f.read())
+    for part in (tf.__version__, tf.sysconfig.get_include(), version,
+                 _cpu_flags(), " ".join(_FLAGS)):
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def build(verbose: bool = False) -> str:
+    """Compiles the kernel unless it is cached; returns the library's path.
+
+    Raises `Unavailable` with the compiler's message when it fails.
+    """
+    cxx = _compiler()
+    folder = cache_dir()
+    os.makedirs(folder, exist_ok=True)
+    library = os.path.join(folder, f"lstm_step_{_build_key(cxx)}.so")
+    if os.path.exists(library):
+        return library
+    # One process compiles; the others wait for it and use its library.
+    with open(library + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(library):
+            return library
+        with atomic.temp_file(library, suffix=".so") as tmp:
+            command = ([cxx, *_FLAGS, *tf.sysconfig.get_compile_flags(),
+                        SOURCE, "-o", tmp, *tf.sysconfig.get_link_flags()])
+            if verbose:
+                print(" ".join(command))
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  check=False)
+            if done.returncode:
+                raise Unavailable(
+                    f"compiling {SOURCE} failed ({' '.join(command)}):\n"
+                    + done.stderr[-4000:])
+    return library
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    if os.environ.get("L2L_TF_FUSED", "1") == "0":
+        raise Unavailable("L2L_TF_FUSED=0 turns the fused kernel off")
+    library = build()
+    try:
+        return tf.load_op_library(library)
+    except (tf.errors.NotFoundError, OSError) as e:
+        raise Unavailable(f"loading {library} failed: {e}") from e
+
+
+def load():
+    """The compiled op module (built on first use); raises `Unavailable`."""
+    return _load()
+
+
+def unavailable_reason() -> Optional[str]:
+    """None where the kernel loads; else why it does not."""
+    try:
+        load()
+    except Unavailable as e:
+        return str(e)
+    return None
+
+
+def unsupported_reason(rule, state_dtype=tf.float32) -> Optional[str]:
+    """None where the kernel computes `rule`'s step with state in
+    `state_dtype`; else what it does not support."""
+    if getattr(rule, "name", None) != "lstm":
+        return f"the rule {rule!r} is not the LSTM"
+    if rule.preprocess not in PREPROCESSORS:
+        return (f"preprocess={rule.preprocess!r} (fused: "
+                f"{', '.join(PREPROCESSORS)})")
+    if max(rule.hidden_sizes) > MAX_HIDDEN:
+        return (f"hidden_sizes={list(rule.hidden_sizes)} (fused: up to "
+                f"{MAX_HIDDEN} units)")
+    if tf.as_dtype(state_dtype) not in STATE_DTYPES:
+        return f"state dtype {tf.as_dtype(state_dtype).name}"
+    return None
+
+
+def in_xla_context() -> bool:
+    """Whether ops traced now are compiled by XLA (jit_compile=True), which
+    has no kernel for the fused op."""
+    return _cf_util.GraphOrParentsInXlaContext(_ops.get_default_graph())
+
+
+def has_gpus() -> bool:
+    """Whether this process sees GPUs, where the TensorFlow ops run on them
+    (the fused kernel is CPU-only)."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def lstm_step(rule, phi, grads, state):
+    """`rule.step(phi, grads, state)` through the fused kernel: (updates [n]
+    float32, new state in the dtype it came in)."""
+    layers = range(len(rule.hidden_sizes))
+    updates, new_state = load().l2l_lstm_step(
+        tf.cast(grads, tf.float32), list(state),
+        [phi[f"lstm_{l}/kernel"] for l in layers],
+        [phi[f"lstm_{l}/bias"] for l in layers],
+        phi["output/kernel"], phi["output/bias"],
+        preprocess=rule.preprocess, p=rule.preprocess_p,
+        output_scale=rule.output_scale)
+    return updates, tuple(new_state)

@@ -1,0 +1,235 @@
+"""The fused CPU kernel: the same step as the TensorFlow ops, and where the
+optimizer takes it."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from l2l_tf import fused, networks, saved_model
+from l2l_tf.optimizer import LearnedOptimizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(
+    fused.unavailable_reason() is not None,
+    reason=f"fused kernel unavailable: {fused.unavailable_reason()}")
+
+
+def _grads(n, seed=0):
+    """Gradients over 16 orders of magnitude, both signs, exact zeros and
+    values on both sides of log/sign's threshold e^-10."""
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal(n) * 10.0 ** rng.uniform(-12, 2, n)
+    g[::7] = 0.0
+    g[1::11] = np.exp(-10.0) * rng.choice([-1, 1], len(g[1::11]))
+    return tf.constant(g.astype(np.float32))
+
+
+def _random_state(rule, n, dtype, seed=1):
+    rng = np.random.default_rng(seed)
+    return tuple(tf.cast(rng.normal(0, 0.7, s).astype(np.float32), dtype)
+                 for s in rule.state_shapes(n))
+
+
+def _phi(rule, seed):
+    phi = rule.init_phi(seed)
+    rng = np.random.default_rng(seed)
+    # Non-zero biases and a larger output layer than the initialization's.
+    phi = {k: (v + rng.normal(0, 0.3, v.shape)).astype(np.float32)
+           for k, v in phi.items()}
+    return {k: tf.constant(v) for k, v in phi.items()}
+
+
+@pytest.mark.parametrize("network", [
+    {},  # The paper's: 2 x 20, log/sign.
+    {"hidden_sizes": [40]},
+    {"hidden_sizes": [7, 13, 5], "preprocess": "none", "output_scale": 0.5},
+    {"hidden_sizes": [48, 3], "preprocess_p": 5.0},
+])
+@pytest.mark.parametrize("n", [0, 1, 5, 1003])
+def test_same_step_as_tensorflow_ops(network, n):
+    rule = networks.CoordinatewiseLSTM(**network)
+    phi = _phi(rule, seed=n + 2)
+    grads = _grads(n)
+    state = _random_state(rule, n, tf.float32)
+    want_u, want_s = rule.step(phi, grads, state)
+    got_u, got_s = fused.lstm_step(rule, phi, grads, state)
+    assert got_u.shape == (n,) and len(got_s) == len(want_s)
+    np.testing.assert_allclose(got_u, want_u, rtol=1e-5, atol=1e-6)
+    for got, want in zip(got_s, want_s):
+        assert got.shape == want.shape and got.dtype == tf.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
+def test_shipped_weights_and_bfloat16_state():
+    """The default weights on bfloat16 state: the new state is the float32
+    step's rounded to bfloat16, so it differs from the TF path's by at most
+    one bfloat16 rounding (and mostly not at all)."""
+    rule, phi, _ = saved_model.load("mnist_log_mean_10k")
+    phi = {k: tf.constant(v) for k, v in phi.items()}
+    n = 4099
+    grads = _grads(n, seed=5)
+    state = _random_state(rule, n, tf.bfloat16)
+    want_u, want_s = rule.step(phi, grads, state)
+    got_u, got_s = fused.lstm_step(rule, phi, grads, state)
+    np.testing.assert_allclose(got_u, want_u, rtol=1e-5, atol=1e-6)
+    for got, want in zip(got_s, want_s):
+        assert got.dtype == tf.bfloat16
+        got = tf.cast(got, tf.float32).numpy()
+        want = tf.cast(want, tf.float32).numpy()
+        # One bfloat16 ulp: 2^-7 of the value's binade; near 0, the
+        # kernel's tanh(z) = 2 sigmoid(2z) - 1 is exact to ~6e-8 absolute.
+        np.testing.assert_allclose(got, want, rtol=2.0**-7, atol=1e-7)
+        assert np.mean(got == want) > 0.99
+
+
+def test_non_finite_gradients_stay_non_finite():
+    """NaN in, NaN out (the optimizer skips such steps before the kernel
+    runs; the kernel itself must not hide them)."""
+    rule = networks.CoordinatewiseLSTM()
+    phi = _phi(rule, 0)
+    grads = tf.constant([np.nan, 1.0, 0.0, -np.inf], tf.float32)
+    state = rule.init_state(4)
+    updates, new_state = fused.lstm_step(rule, phi, grads, state)
+    assert np.isnan(updates[0]) and np.isfinite(updates[1:3]).all()
+    assert np.isnan(new_state[1][0]).all()
+
+
+def test_bad_shapes_name_the_argument():
+    rule = networks.CoordinatewiseLSTM()
+    phi = _phi(rule, 0)
+    state = rule.init_state(3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"state\[2\]"):
+        fused.lstm_step(rule, phi, tf.zeros([3]),
+                        state[:2] + (tf.zeros([4, 20]),) + state[3:])
+    bad = dict(phi)
+    bad["lstm_1/kernel"] = tf.zeros([41, 80])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"kernels\[1\]"):
+        fused.lstm_step(rule, bad, tf.zeros([3]), state)
+
+
+def test_unsupported_networks_are_named():
+    assert fused.unsupported_reason(networks.CoordinatewiseLSTM()) is None
+    assert "log_sign_adam" in fused.unsupported_reason(
+        networks.CoordinatewiseLSTM(preprocess="log_sign_adam"))
+    assert "49" in fused.unsupported_reason(
+        networks.CoordinatewiseLSTM(hidden_sizes=(49,)))
+    assert "float16" in fused.unsupported_reason(
+        networks.CoordinatewiseLSTM(), tf.float16)
+    assert "not the LSTM" in fused.unsupported_reason(networks.Adam())
+
+
+def _ops_of_update(opt, variables, jit_compile=False):
+    opt.build(variables)
+    grads = [tf.ones_like(v) * 1e-3 for v in variables]
+    fn = tf.function(lambda: opt.apply(grads, variables),
+                     jit_compile=jit_compile)
+    graph = fn.get_concrete_function().graph
+    types = set()
+    for op in graph.get_operations():
+        types.add(op.type)
+        for f in op.graph._functions.values():  # pylint: disable=protected-access
+            types.update(o.type for o in f.graph.get_operations())
+    return types, fn
+
+
+def _variables():
+    return [keras.Variable(np.full([30, 20], 0.1, np.float32), name="w"),
+            keras.Variable(np.zeros([20], np.float32), name="b")]
+
+
+def test_optimizer_takes_the_kernel_where_it_runs():
+    types, _ = _ops_of_update(LearnedOptimizer(), _variables())
+    assert "L2lLstmStep" in types
+    types, _ = _ops_of_update(LearnedOptimizer(fused=False), _variables())
+    assert "L2lLstmStep" not in types and "MatMul" in types
+
+
+def test_jit_compile_falls_back_to_tensorflow_ops():
+    variables = _variables()
+    opt = LearnedOptimizer()
+    _, fn = _ops_of_update(opt, variables, jit_compile=True)
+    fn()  # XLA compiles it: no fused op inside.
+    reference = _variables()
+    ref_opt = LearnedOptimizer(fused=False)
+    ref_opt.apply([tf.ones_like(v) * 1e-3 for v in reference], reference)
+    for got, want in zip(variables, reference):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5,
+                                   atol=1e-7)
+    with pytest.raises(ValueError, match="jit_compile"):
+        _ops_of_update(LearnedOptimizer(fused=True), _variables(),
+                       jit_compile=True)
+
+
+def test_fused_argument_is_checked():
+    with pytest.raises(ValueError, match="fused.*Received: fused='yes'"):
+        LearnedOptimizer(fused="yes")
+    with pytest.raises(ValueError, match="fused=True.*log_sign_adam"):
+        LearnedOptimizer(network={"preprocess": "log_sign_adam"},
+                         weights="/nonexistent", fused=True)
+    opt = LearnedOptimizer(fused=False)
+    assert opt.get_config()["fused"] is False
+    assert LearnedOptimizer.from_config(opt.get_config()).fused is False
+
+
+def test_model_fit_fused_equals_tensorflow_ops():
+    """Ten steps of model.fit, fused and on the TF ops: the same losses and
+    weights to float32 rounding. With bfloat16 state a float32 difference
+    can flip a state value's rounding (one bfloat16 ulp), which moves a few
+    weights by up to ~1e-3 of their size after ten steps."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (320, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 320)
+    for state_dtype in ("float32", "bfloat16"):
+        runs = []
+        for use_fused in (True, False):
+            keras.utils.set_random_seed(3)
+            model = keras.Sequential([
+                keras.Input((784,)),
+                keras.layers.Dense(20, activation="sigmoid"),
+                keras.layers.Dense(10)])
+            model.compile(
+                optimizer=LearnedOptimizer(fused=use_fused,
+                                           state_dtype=state_dtype),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True))
+            history = model.fit(x, y, batch_size=32, shuffle=False,
+                                verbose=0)
+            runs.append((history.history["loss"], model.get_weights()))
+        (loss_f, w_f), (loss_t, w_t) = runs
+        np.testing.assert_allclose(loss_f, loss_t, rtol=1e-4)
+        atol = 1e-5 if state_dtype == "float32" else 1e-3
+        for a, b in zip(w_f, w_t):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
+
+
+def test_build_errors_and_switch_off(tmp_path):
+    """Without a compiler the reason names it; L2L_TF_FUSED=0 turns the
+    kernel off (and the optimizer still trains, on the TF ops). Fresh
+    processes, so that this process's loaded kernel is not in the way."""
+    code = ("from l2l_tf import fused; print(fused.unavailable_reason())")
+    env = dict(os.environ, L2L_TF_KERNEL_CACHE=str(tmp_path / "cache"),
+               CXX="/nonexistent/c++", PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "no C++ compiler: '/nonexistent/c++'" in out
+    code = ("import numpy as np, tensorflow as tf\n"
+            "from l2l_tf import fused, LearnedOptimizer\n"
+            "print(fused.unavailable_reason())\n"
+            "v = [tf.Variable(tf.ones([5]))]\n"
+            "LearnedOptimizer().apply([tf.ones([5])], v)\n"
+            "print(np.isfinite(v[0].numpy()).all(), (v[0].numpy() != 1).all())")
+    env = dict(os.environ, L2L_TF_FUSED="0", PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "L2L_TF_FUSED=0" in out and "True True" in out
+
+
+def test_build_is_cached():
+    path = fused.build()
+    assert os.path.exists(path) and fused.build() == path
