@@ -278,6 +278,13 @@ def measure_profile(n: int, repeats: int = 5) -> dict:
     step = tf.function(rule.step)
     t_step = _median_time(lambda: step(phi, grads, state),
                           lambda r: r[0].numpy(), repeats)[0]
+    from l2l_tf import fused
+    t_fused = None
+    if fused.unavailable_reason() is None:
+        fused_step = tf.function(
+            lambda p, g, s: fused.lstm_step(rule, p, g, s))
+        t_fused = _median_time(lambda: fused_step(phi, grads, state),
+                               lambda r: r[0].numpy(), repeats)[0]
     width = preprocess.PREPROCESSORS[rule.preprocess].width
     shapes = lstm_matmul_shapes(rule.hidden_sizes, width)
     matmuls = profile_matmuls(shapes, n)
@@ -291,6 +298,7 @@ def measure_profile(n: int, repeats: int = 5) -> dict:
     return {
         "coordinates": n,
         "step_seconds": t_step,
+        "fused_step_seconds": t_fused,
         "matmul_shapes": [list(s) for s in shapes],
         "matmul_macs": macs,
         "matmul_seconds": t_matmul,
@@ -328,13 +336,16 @@ def _apply_fn(opt, variables):
 def measure_update(num_params: int, repeats: int = 5,
                    jit: Sequence[bool] = (False, True),
                    state_dtypes: Sequence[Optional[str]] = (None,),
-                   kinds: Sequence[str] = ("adam", "learned")) -> dict:
+                   kinds: Sequence[str] = ("adam", "learned"),
+                   fused: Optional[bool] = None) -> dict:
     """Update times of LearnedOptimizer and Adam on a 784-h-10 MLP's
     variables; one fresh optimizer and tf.function per variant.
 
     state_dtypes: LearnedOptimizer's `state_dtype` per learned variant
     (None or "float32": the default, passed as no argument, so that trees
     without the argument run too).
+    fused: LearnedOptimizer's `fused` (None: its default, passed as no
+    argument; False: the TensorFlow ops, rows named `learned_tfops...`).
     """
     import keras
     import tensorflow as tf
@@ -357,17 +368,19 @@ def measure_update(num_params: int, repeats: int = 5,
             if kind == "adam":
                 opt = keras.optimizers.Adam()
             else:  # float32 is every tree's default: no argument.
-                opt = LearnedOptimizer(**(
-                    {"state_dtype": dtype} if dtype not in (None, "float32")
-                    else {}))
+                opt = LearnedOptimizer(
+                    **({"state_dtype": dtype}
+                       if dtype not in (None, "float32") else {}),
+                    **({} if fused is None else {"fused": fused}))
             opt.build(variables)
 
             fn = tf.function(_apply_fn(opt, variables), jit_compile=use_jit)
             t, t_cpu = _median_time(
                 lambda: fn(grads), lambda _, o=opt: o.iterations.numpy(),
                 repeats)
-            key = kind + (f"_{dtype}" if dtype not in (None, "float32")
+            key = kind + ("_tfops" if kind == "learned" and fused is False
                           else "") + (
+                f"_{dtype}" if dtype not in (None, "float32") else "") + (
                 "_jit" if use_jit else "")
             rows[key] = {
                 "seconds": t,
@@ -509,6 +522,12 @@ def add_bounds(result: dict) -> dict:
     if p:
         p["matmul_share_of_square_rate"] = p["matmul_flops_per_s"] / fps
         p["step_over_matmuls"] = ratio(p["step_seconds"], p["matmul_seconds"])
+        p["fused_step_over_matmuls"] = ratio(p.get("fused_step_seconds"),
+                                             p["matmul_seconds"])
+        # What the fused step's arithmetic alone would take at the square
+        # matmul's rate: its time over that is what the kernel leaves.
+        p["fused_step_over_bound"] = ratio(
+            p.get("fused_step_seconds"), 2.0 * p["matmul_macs"] / fps)
         p["elementwise_share_of_copy_bandwidth"] = (
             p["elementwise_bytes_per_s"] / bps)
     return result
@@ -529,6 +548,7 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
         state_dtypes: Sequence[Optional[str]] = (None,),
         jit: Sequence[bool] = (False, True),
         profile_size: Optional[int] = 1_000_000,
+        tfops: bool = True,
         log: Callable[[str], None] = lambda msg: None) -> dict:
     """Runs the whole benchmark; returns the result with bounds and ratios.
 
@@ -538,6 +558,8 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
     runs its default only).
     profile_size: coordinates of the step profile (`measure_profile`, the
     current tree only); None: no profile.
+    tfops: also time the current tree's learned rows on the TensorFlow ops
+    (`fused=False`), next to the default (the fused kernel where it runs).
     """
     src = _package_src()
     isolate = isolate or baseline_src is not None
@@ -562,6 +584,9 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
             variants = [dict(kinds=["adam"], jit=[j]) for j in jit] + [
                 dict(kinds=["learned"], state_dtypes=[d], jit=[j])
                 for d in dtypes for j in jit]
+            if tree == "current" and tfops:
+                variants += [dict(kinds=["learned"], state_dtypes=[d],
+                                  jit=[False], fused=False) for d in dtypes]
             row[tree], peak = {}, 0
             for variant in variants:
                 out = measure(tree_src, "measure_update", n, repeats=repeats,
@@ -670,7 +695,11 @@ def format_table(result: dict) -> str:
         lines += [
             "", f"profile of one LSTM step, n = {p['coordinates']:,} "
             "(current tree)",
-            f"  whole step                 {p['step_seconds'] * 1e3:9.1f} ms",
+            f"  whole step (TF ops)        {p['step_seconds'] * 1e3:9.1f} ms",
+            f"  whole step (fused kernel)  "
+            f"{_fmt(_ms(p.get('fused_step_seconds')), '9.1f')} ms"
+            f"  {_fmt(p.get('fused_step_over_bound'), '.2f')} x its "
+            "matmuls at the square rate",
             f"  its matmuls alone          {p['matmul_seconds'] * 1e3:9.1f} ms"
             f"  {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s = "
             f"{p['matmul_share_of_square_rate']:.2f} of the square rate "
@@ -680,6 +709,7 @@ def format_table(result: dict) -> str:
             f"  {p['elementwise_bytes_per_s'] / 1e9:.1f} GB/s = "
             f"{p['elementwise_share_of_copy_bandwidth']:.2f} of the copy "
             "bandwidth",
-            f"  step / matmuls alone       {p['step_over_matmuls']:9.2f}",
+            f"  step / matmuls alone       {p['step_over_matmuls']:9.2f} (TF "
+            f"ops), {_fmt(p.get('fused_step_over_matmuls'), '.2f')} (fused)",
         ]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ that the arithmetic on its numbers is right.
 import numpy as np
 import pytest
 
-from l2l_tf import benchmark, problems
+from l2l_tf import benchmark, fused, problems
 
 
 def test_lstm_counts_by_hand():
@@ -119,11 +119,12 @@ def test_quick_run_measures_every_row():
                               "isolate": False, "jit": (False,)})
     (row,) = result["update"]
     assert row["num_params"] == 784 * 3 + 3 + 30 + 10
-    assert set(row["current"]) == {"adam", "learned"}
+    assert set(row["current"]) == {"adam", "learned", "learned_tfops"}
     for key, r in row["current"].items():
         assert r["traces"] == 1, key
         assert r["seconds"] > 0 and r["time_over_bound"] > 0
     assert row["current"]["learned"]["state_bytes_per_param"] == 320
+    assert row["current"]["learned_tfops"]["state_bytes_per_param"] == 320
     assert row["current"]["adam"]["state_bytes_per_param"] == 8
     (meta,) = result["meta"]
     assert meta["current"]["coordinates"] == 1280
@@ -138,6 +139,15 @@ def test_quick_run_measures_every_row():
         2 * 2000 * 5140 / profile["matmul_seconds"])
     assert profile["step_over_matmuls"] == pytest.approx(
         profile["step_seconds"] / profile["matmul_seconds"])
+    if fused.unavailable_reason() is not None:  # No compiler here.
+        assert profile["fused_step_seconds"] is None
+    else:
+        assert profile["fused_step_seconds"] > 0
+        assert profile["fused_step_over_matmuls"] == pytest.approx(
+            profile["fused_step_seconds"] / profile["matmul_seconds"])
+        assert profile["fused_step_over_bound"] == pytest.approx(
+            profile["fused_step_seconds"] * result["ceilings"][
+                "matmul_flops_per_s"] / (2 * 2000 * 5140))
     assert profile["elementwise_bytes_per_s"] == pytest.approx(
         2 * 2000 * 20 * 4 / profile["elementwise_seconds"])
     c = result["ceilings"]
@@ -147,4 +157,4 @@ def test_quick_run_measures_every_row():
         profile["elementwise_bytes_per_s"] / c["copy_bytes_per_s"])
     table = benchmark.format_table(result)
     assert "learned" in table and "quadratic" in table
-    assert "its matmuls alone" in table
+    assert "its matmuls alone" in table and "fused kernel" in table

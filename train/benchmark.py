@@ -42,6 +42,10 @@ _PROFILE = flags.DEFINE_integer(
     "profile_size", 1_000_000,
     "Coordinates of the LSTM step profile (its matmuls alone, one "
     "element-wise pass); 0: no profile.")
+_TFOPS = flags.DEFINE_bool(
+    "tfops", True,
+    "Also time the learned optimizer on TensorFlow ops (fused=False), next "
+    "to its default (the fused CPU kernel where it runs).")
 
 
 def main(argv):
@@ -58,7 +62,7 @@ def main(argv):
                   isolate=_ISOLATE.value, jit=jit,
                   state_dtypes=[d for d in _STATE_DTYPES.value if d],
                   profile_size=_PROFILE.value or None,
-                  log=logging.info)
+                  tfops=_TFOPS.value, log=logging.info)
     if _QUICK.value:
         kwargs.update(benchmark.QUICK)
     result = benchmark.run(**kwargs)

@@ -25,6 +25,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -76,6 +80,57 @@ static inline float Exp(float x) {
 
 static inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 
+// Copies a few floats: inline vector moves (a call to memcpy costs more
+// than the copy at these sizes, 20 to 80 floats).
+static inline void CopyFloats(float* dst, const float* src, int count) {
+#if defined(__AVX512F__)
+  int m = 0;
+  for (; m + kLanes <= count; m += kLanes)
+    _mm512_storeu_ps(dst + m, _mm512_loadu_ps(src + m));
+  if (m < count) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (count - m)) - 1);
+    _mm512_mask_storeu_ps(dst + m, k, _mm512_maskz_loadu_ps(k, src + m));
+  }
+#else
+  for (int m = 0; m < count; ++m) dst[m] = src[m];
+#endif
+}
+
+static inline float Dot(const float* a, const float* b, int count) {
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (int m = 0; m < count; m += kLanes) {
+    const __mmask16 k = count - m >= kLanes
+                            ? static_cast<__mmask16>(0xffff)
+                            : static_cast<__mmask16>((1u << (count - m)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + m),
+                          _mm512_maskz_loadu_ps(k, b + m), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+#else
+  float dot = 0.0f;
+  for (int m = 0; m < count; ++m) dot += a[m] * b[m];
+  return dot;
+#endif
+}
+
+// State in and out: float32 copies, bfloat16 conversions.
+static inline void LoadState(float* dst, const float* src, int count) {
+  CopyFloats(dst, src, count);
+}
+static inline void StoreState(float* dst, const float* src, int count) {
+#if defined(__AVX512F__)
+  // Whole aligned vectors bypass the cache: the new state is not read again
+  // in this step, and streaming saves reading each line before writing it.
+  if ((reinterpret_cast<uintptr_t>(dst) & 63) == 0 && count % kLanes == 0) {
+    for (int m = 0; m < count; m += kLanes)
+      _mm512_stream_ps(dst + m, _mm512_loadu_ps(src + m));
+    return;
+  }
+#endif
+  CopyFloats(dst, src, count);
+}
+
 static inline float ToFloat(float x) { return x; }
 static inline float ToFloat(bfloat16 x) {
   uint16_t half;
@@ -100,6 +155,78 @@ template <> inline bfloat16 FromFloat<bfloat16>(float x) {
   bfloat16 out;
   std::memcpy(&out, &half, sizeof(half));
   return out;
+}
+
+// The LSTM cell on m units laid out by gate (gi, gf, gg, go: the
+// pre-activations, the g block doubled): c = sigmoid(f) c + sigmoid(i)
+// tanh(g); h = sigmoid(o) tanh(c), tanh(z) = 2 sigmoid(2z) - 1.
+static inline void CellGeneric(const float* gi, const float* gf,
+                               const float* gg, const float* go, float* cs,
+                               float* hs, int m_end) {
+#pragma omp simd
+  for (int m = 0; m < m_end; ++m) {
+    const float cell = Sigmoid(gf[m]) * cs[m] +
+                       Sigmoid(gi[m]) * (2.0f * Sigmoid(gg[m]) - 1.0f);
+    cs[m] = cell;
+    hs[m] = Sigmoid(go[m]) * (2.0f * Sigmoid(2.0f * cell) - 1.0f);
+  }
+}
+
+#if defined(__AVX512F__)
+// sigmoid(x) = 1 / (1 + 2^(-x log2 e)), the power of two by vscalefps
+// (which saturates to 0 and inf: no clamping) and Cephes's expf polynomial
+// on the reduced argument.
+static inline __m512 SigmoidAvx512(__m512 x) {
+  const __m512 minus_x = _mm512_sub_ps(_mm512_setzero_ps(), x);
+  const __m512 n = _mm512_roundscale_ps(
+      _mm512_mul_ps(minus_x, _mm512_set1_ps(1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), minus_x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(_mm512_mul_ps(y, r), r,
+                      _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, _mm512_scalef_ps(y, n)));
+}
+
+static inline void Cell(const float* gi, const float* gf, const float* gg,
+                        const float* go, float* cs, float* hs, int m_end) {
+  const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+  for (int m = 0; m < m_end; m += kLanes) {
+    const __mmask16 k = m_end - m >= kLanes
+                            ? static_cast<__mmask16>(0xffff)
+                            : static_cast<__mmask16>((1u << (m_end - m)) - 1);
+    const __m512 i = SigmoidAvx512(_mm512_maskz_loadu_ps(k, gi + m));
+    const __m512 f = SigmoidAvx512(_mm512_maskz_loadu_ps(k, gf + m));
+    const __m512 g = _mm512_fmsub_ps(
+        two, SigmoidAvx512(_mm512_maskz_loadu_ps(k, gg + m)), one);
+    const __m512 o = SigmoidAvx512(_mm512_maskz_loadu_ps(k, go + m));
+    const __m512 cell = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(k, cs + m),
+                                        _mm512_mul_ps(i, g));
+    const __m512 tanh_c = _mm512_fmsub_ps(
+        two, SigmoidAvx512(_mm512_mul_ps(two, cell)), one);
+    _mm512_mask_storeu_ps(cs + m, k, cell);
+    _mm512_mask_storeu_ps(hs + m, k, _mm512_mul_ps(o, tanh_c));
+  }
+}
+#else
+static inline void Cell(const float* gi, const float* gf, const float* gg,
+                        const float* go, float* cs, float* hs, int m_end) {
+  CellGeneric(gi, gf, gg, go, cs, hs, m_end);
+}
+#endif
+
+static inline void LoadState(float* dst, const bfloat16* src, int count) {
+  for (int m = 0; m < count; ++m) dst[m] = ToFloat(src[m]);
+}
+static inline void StoreState(bfloat16* dst, const float* src, int count) {
+  for (int m = 0; m < count; ++m) dst[m] = FromFloat<bfloat16>(src[m]);
 }
 
 // ---------------------------------------------------------------------------
@@ -330,21 +457,20 @@ class LstmStepOp : public OpKernel {
         // Inputs: [x, h_prev] per coordinate (x is already in place);
         // a short group's missing coordinates get zeros.
         for (int p = 0; p < kGroup; ++p) {
-          float* dst = in.data() + p * layer.in + width;
           if (p < count) {
-            for (int j = 0; j < h; ++j) dst[j] = ToFloat(h_prev[p * h + j]);
+            LoadState(in.data() + p * layer.in + width, h_prev + p * h, h);
           } else {
             std::memset(in.data() + p * layer.in, 0,
                         layer.in * sizeof(float));
           }
         }
-        for (int m = 0; m < count * h; ++m) c[m] = ToFloat(c_prev[m]);
+        LoadState(c.data(), c_prev, count * h);
         GateMatmulFor(layer.vectors)(layer, in.data(), pre.data());
         // By gate: gates[g][p * h + j] = pre[p][g * h + j].
         for (int g = 0; g < 4; ++g)
           for (int p = 0; p < kGroup; ++p)
-            std::memcpy(gates.data() + (g * kGroup + p) * h,
-                        pre.data() + p * row + g * h, h * sizeof(float));
+            CopyFloats(gates.data() + (g * kGroup + p) * h,
+                       pre.data() + p * row + g * h, h);
         const int m_end = count * h;
         const float* gi = gates.data();
         const float* gf = gi + kGroup * h;
@@ -352,35 +478,28 @@ class LstmStepOp : public OpKernel {
         const float* go = gg + kGroup * h;
         float* cs = c.data();
         float* hs = hid.data();
-#pragma omp simd
-        for (int m = 0; m < m_end; ++m) {
-          const float cell = Sigmoid(gf[m]) * cs[m] +
-                             Sigmoid(gi[m]) * (2.0f * Sigmoid(gg[m]) - 1.0f);
-          cs[m] = cell;
-          hs[m] = Sigmoid(go[m]) * (2.0f * Sigmoid(2.0f * cell) - 1.0f);
-        }
-        S* h_out = static_cast<S*>(args.state_out[2 * l]) + start * h;
-        S* c_out = static_cast<S*>(args.state_out[2 * l + 1]) + start * h;
-        for (int m = 0; m < m_end; ++m) {
-          h_out[m] = FromFloat<S>(hs[m]);
-          c_out[m] = FromFloat<S>(cs[m]);
-        }
+        Cell(gi, gf, gg, go, cs, hs, m_end);
+        StoreState(static_cast<S*>(args.state_out[2 * l]) + start * h, hs,
+                   m_end);
+        StoreState(static_cast<S*>(args.state_out[2 * l + 1]) + start * h,
+                   cs, m_end);
         // The next layer's x: this layer's h, unrounded.
         if (l + 1 < layers.size()) {
           const int next_in = layers[l + 1].in;
           for (int p = 0; p < count; ++p)
-            std::memcpy(in.data() + p * next_in, hs + p * h,
-                        h * sizeof(float));
+            CopyFloats(in.data() + p * next_in, hs + p * h, h);
           width = h;
         }
       }
       const int h = layers.back().h;
       for (int p = 0; p < count; ++p) {
-        float dot = 0.0f;
-        for (int j = 0; j < h; ++j) dot += hid[p * h + j] * args.w_out[j];
-        args.updates[start + p] = dot + args.b_out;
+        args.updates[start + p] =
+            Dot(hid.data() + p * h, args.w_out, h) + args.b_out;
       }
     }
+#if defined(__AVX512F__)
+    _mm_sfence();  // The streamed state is visible before the op ends.
+#endif
   }
 
   // Writes the preprocessed gradients of `count` coordinates into the first
