@@ -6,9 +6,9 @@ computes the same step, for each group of coordinates through the whole
 network at once, with the weights in L1 (BUILD.md has the measurements).
 It computes what `step` computes, to float32 rounding (tested), for the
 preprocessors "log_sign" and "none", hidden sizes up to 48 and float32 or
-bfloat16 state; it has no gradient, so it serves the forward-only paths: the
-Keras optimizer's update and evaluation runs. Meta-training differentiates
-the TensorFlow ops.
+bfloat16 state; it has no gradient, so it serves the Keras optimizer's update,
+where `L2lLstmApply` also writes the new state into the state variables in
+place. Meta-training and evaluation run the TensorFlow ops.
 
 The kernel is compiled from source on first use, against the installed
 TensorFlow, for this machine's processor (`-march=native`), with the C++
@@ -183,3 +183,18 @@ def lstm_step(rule, phi, grads, state):
         preprocess=rule.preprocess, p=rule.preprocess_p,
         output_scale=rule.output_scale)
     return updates, tuple(new_state)
+
+
+def lstm_apply(rule, phi, grads, state_variables):
+    """`lstm_step` with the new state written into `state_variables` (the
+    tf.Variables holding the state, in `rule.state_shapes` order) in place:
+    no new state buffers, and half the peak state memory. Returns the
+    updates [n] float32."""
+    layers = range(len(rule.hidden_sizes))
+    return load().l2l_lstm_apply(
+        tf.cast(grads, tf.float32), [v.handle for v in state_variables],
+        [phi[f"lstm_{l}/kernel"] for l in layers],
+        [phi[f"lstm_{l}/bias"] for l in layers],
+        phi["output/kernel"], phi["output/bias"],
+        S=state_variables[0].dtype, preprocess=rule.preprocess,
+        p=rule.preprocess_p, output_scale=rule.output_scale)

@@ -295,12 +295,14 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         def update():
             grads = tf.reshape(tf.cast(gradient, tf.float32), [-1])
             phi = self._phi_dict() if rule is self.rule else rule.init_phi()
-            state = tuple(s.value for s in states)
             if rule is self.rule and self._take_fused():
-                updates, new_states = fused_lib.lstm_step(rule, phi, grads,
-                                                          state)
+                # The kernel writes the new state into the variables.
+                updates = fused_lib.lstm_apply(rule, phi, grads, states)
             else:
-                updates, new_states = rule.step(phi, grads, state)
+                updates, new_states = rule.step(
+                    phi, grads, tuple(s.value for s in states))
+                for s, new in zip(states, new_states):
+                    self.assign(s, new)
             lr = tf.cast(learning_rate, tf.float32)
             delta = lr * updates
             if self.weight_decay and self._use_weight_decay(variable):
@@ -308,8 +310,6 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
                 # theta (lr being the multiplier of the learned update).
                 delta -= lr * tf.cast(self.weight_decay, tf.float32) * (
                     tf.reshape(tf.cast(variable, tf.float32), [-1]))
-            for s, new in zip(states, new_states):
-                self.assign(s, new)
             self.assign_add(variable, tf.reshape(delta, tf.shape(variable)))
             return tf.constant(True)
 

@@ -95,6 +95,47 @@ def test_shipped_weights_and_bfloat16_state():
         assert np.mean(got == want) > 0.99
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_in_place_apply_equals_the_step(dtype):
+    """L2lLstmApply writes what L2lLstmStep returns into the variables,
+    over three steps: the first from buffers the variables share with the
+    start tensors (the kernel writes new buffers then, never into a shared
+    one), the next two in place. A read of a variable taken before the
+    kernel keeps the old value."""
+    rule = networks.CoordinatewiseLSTM()
+    phi = _phi(rule, 4)
+    n = 1001
+    grads = [_grads(n, seed=9 + t) for t in range(3)]
+    start = _random_state(rule, n, dtype, seed=3)
+    want_u, want_s = [], start
+    for g in grads:
+        u, want_s = fused.lstm_step(rule, phi, g, want_s)
+        want_u.append(u)
+    variables = [tf.Variable(s) for s in start]
+
+    @tf.function
+    def apply_with_a_live_read(g):
+        before = variables[1].read_value()
+        updates = fused.lstm_apply(rule, phi, g, variables)
+        with tf.control_dependencies([updates]):
+            return updates, tf.identity(before)
+
+    for live_read in (False, True):
+        for v, s in zip(variables, start):
+            v.assign(s)
+        for t, g in enumerate(grads):
+            if live_read:
+                before = variables[1].numpy()
+                updates, read = apply_with_a_live_read(g)
+                np.testing.assert_array_equal(read, before)
+            else:
+                updates = fused.lstm_apply(rule, phi, g, variables)
+            np.testing.assert_array_equal(updates, want_u[t])
+        for v, want in zip(variables, want_s):
+            np.testing.assert_array_equal(tf.cast(v, tf.float32),
+                                          tf.cast(want, tf.float32))
+
+
 def test_non_finite_gradients_stay_non_finite():
     """NaN in, NaN out (the optimizer skips such steps before the kernel
     runs; the kernel itself must not hide them)."""
@@ -152,9 +193,9 @@ def _variables():
 
 def test_optimizer_takes_the_kernel_where_it_runs():
     types, _ = _ops_of_update(LearnedOptimizer(), _variables())
-    assert "L2lLstmStep" in types
+    assert "L2lLstmApply" in types
     types, _ = _ops_of_update(LearnedOptimizer(fused=False), _variables())
-    assert "L2lLstmStep" not in types and "MatMul" in types
+    assert "L2lLstmApply" not in types and "MatMul" in types
 
 
 def test_jit_compile_falls_back_to_tensorflow_ops():

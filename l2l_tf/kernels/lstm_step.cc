@@ -31,6 +31,8 @@
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
 namespace l2l_tf {
@@ -307,85 +309,117 @@ class LstmStepOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& grads = ctx->input(0);
-    OP_REQUIRES(ctx, grads.dims() == 1,
-                InvalidArgument("grads must be [n]; got shape ",
-                                grads.shape().DebugString()));
-    const int64_t n = grads.dim_size(0);
-    OpInputList state, kernels, biases;
-    OP_REQUIRES_OK(ctx, ctx->input_list("state", &state));
-    OP_REQUIRES_OK(ctx, ctx->input_list("kernels", &kernels));
-    OP_REQUIRES_OK(ctx, ctx->input_list("biases", &biases));
-    const Tensor& out_kernel = ctx->input(ctx->num_inputs() - 2);
-    const Tensor& out_bias = ctx->input(ctx->num_inputs() - 1);
-
-    // Check every shape, then lay the weights out.
-    std::vector<Layer> layers(num_layers_);
-    int width = log_sign_ ? 2 : 1;
-    for (int l = 0; l < num_layers_; ++l) {
-      const Tensor& k = kernels[l];
-      OP_REQUIRES(ctx, k.dims() == 2 && k.dim_size(1) % 4 == 0 &&
-                           k.dim_size(0) == width + k.dim_size(1) / 4,
-                  InvalidArgument("kernels[", l, "] must be [", width,
-                                  " + h, 4h]; got shape ",
-                                  k.shape().DebugString()));
-      const int h = static_cast<int>(k.dim_size(1) / 4);
-      OP_REQUIRES(ctx, 4 * h <= kMaxVectors * kLanes,
-                  InvalidArgument("hidden sizes up to ",
-                                  kMaxVectors * kLanes / 4,
-                                  " are fused; got ", h));
-      OP_REQUIRES(ctx, biases[l].dims() == 1 && biases[l].dim_size(0) == 4 * h,
-                  InvalidArgument("biases[", l, "] must be [", 4 * h,
-                                  "]; got shape ",
-                                  biases[l].shape().DebugString()));
-      for (int s = 0; s < 2; ++s) {
-        const Tensor& t = state[2 * l + s];
-        OP_REQUIRES(ctx, t.dims() == 2 && t.dim_size(0) == n &&
-                             t.dim_size(1) == h,
-                    InvalidArgument("state[", 2 * l + s, "] must be [", n,
-                                    ", ", h, "]; got shape ",
-                                    t.shape().DebugString()));
-      }
-      Layout(k, biases[l], width, h, &layers[l]);
-      width = h;
-    }
-    OP_REQUIRES(ctx, out_kernel.dims() == 2 && out_kernel.dim_size(0) == width
-                         && out_kernel.dim_size(1) == 1,
-                InvalidArgument("out_kernel must be [", width, ", 1]; got "
-                                "shape ", out_kernel.shape().DebugString()));
-    OP_REQUIRES(ctx, out_bias.NumElements() == 1,
-                InvalidArgument("out_bias must hold 1 value; got shape ",
-                                out_bias.shape().DebugString()));
-    // The output scale folded into the output weights, as the TF path does.
-    std::vector<float> w_out(width);
-    for (int j = 0; j < width; ++j)
-      w_out[j] = output_scale_ * out_kernel.flat<float>()(j);
-    const float b_out = output_scale_ * out_bias.flat<float>()(0);
-
-    Tensor* updates = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, grads.shape(), &updates));
+    std::vector<Tensor> state;
+    OpInputList inputs;
+    OP_REQUIRES_OK(ctx, ctx->input_list("state", &inputs));
+    for (int s = 0; s < inputs.size(); ++s) state.push_back(inputs[s]);
+    Prepared prepared;
+    OP_REQUIRES_OK(ctx, Prepare(ctx, state, &prepared));
     OpOutputList new_state;
     OP_REQUIRES_OK(ctx, ctx->output_list("new_state", &new_state));
+    std::vector<void*> out;
     for (int s = 0; s < 2 * num_layers_; ++s) {
       Tensor* t = nullptr;
       OP_REQUIRES_OK(ctx, new_state.allocate(s, state[s].shape(), &t));
+      out.push_back(t->data());
     }
-    if (n == 0) return;
+    Step(ctx, state, out, &prepared);
+  }
 
+ protected:
+  // What Prepare makes of the inputs other than the state.
+  struct Prepared {
+    int64_t n = 0;
+    std::vector<Layer> layers;
+    std::vector<float> w_out;
+    float b_out = 0.0f;
+    Tensor* updates = nullptr;
+  };
+
+  // Checks every input's shape (the state's too), lays the weights out and
+  // allocates the updates: before any work, so that bad input changes
+  // nothing.
+  Status Prepare(OpKernelContext* ctx, const std::vector<Tensor>& state,
+                 Prepared* prepared) const {
+    const Tensor& grads = ctx->input(0);
+    if (grads.dims() != 1)
+      return InvalidArgument("grads must be [n]; got shape ",
+                             grads.shape().DebugString());
+    const int64_t n = grads.dim_size(0);
+    OpInputList kernels, biases;
+    TF_RETURN_IF_ERROR(ctx->input_list("kernels", &kernels));
+    TF_RETURN_IF_ERROR(ctx->input_list("biases", &biases));
+    const Tensor& out_kernel = ctx->input(ctx->num_inputs() - 2);
+    const Tensor& out_bias = ctx->input(ctx->num_inputs() - 1);
+    prepared->n = n;
+    prepared->layers.resize(num_layers_);
+    int width = log_sign_ ? 2 : 1;
+    for (int l = 0; l < num_layers_; ++l) {
+      const Tensor& k = kernels[l];
+      if (!(k.dims() == 2 && k.dim_size(1) % 4 == 0 &&
+            k.dim_size(0) == width + k.dim_size(1) / 4))
+        return InvalidArgument("kernels[", l, "] must be [", width,
+                               " + h, 4h]; got shape ",
+                               k.shape().DebugString());
+      const int h = static_cast<int>(k.dim_size(1) / 4);
+      if (4 * h > kMaxVectors * kLanes)
+        return InvalidArgument("hidden sizes up to ", kMaxVectors * kLanes / 4,
+                               " are fused; got ", h);
+      if (!(biases[l].dims() == 1 && biases[l].dim_size(0) == 4 * h))
+        return InvalidArgument("biases[", l, "] must be [", 4 * h,
+                               "]; got shape ",
+                               biases[l].shape().DebugString());
+      for (int s = 0; s < 2; ++s) {
+        const Tensor& t = state[2 * l + s];
+        if (!(t.dims() == 2 && t.dim_size(0) == n && t.dim_size(1) == h))
+          return InvalidArgument("state[", 2 * l + s, "] must be [", n, ", ",
+                                 h, "]; got shape ", t.shape().DebugString());
+        if (t.dtype() != (bfloat16_state_ ? ::tensorflow::DT_BFLOAT16
+                                          : ::tensorflow::DT_FLOAT))
+          return InvalidArgument("state[", 2 * l + s, "] must be ",
+                                 bfloat16_state_ ? "bfloat16" : "float32",
+                                 "; got ",
+                                 ::tensorflow::DataTypeString(t.dtype()));
+      }
+      Layout(k, biases[l], width, h, &prepared->layers[l]);
+      width = h;
+    }
+    if (!(out_kernel.dims() == 2 && out_kernel.dim_size(0) == width &&
+          out_kernel.dim_size(1) == 1))
+      return InvalidArgument("out_kernel must be [", width, ", 1]; got shape ",
+                             out_kernel.shape().DebugString());
+    if (out_bias.NumElements() != 1)
+      return InvalidArgument("out_bias must hold 1 value; got shape ",
+                             out_bias.shape().DebugString());
+    // The output scale folded into the output weights, as the TF path does.
+    prepared->w_out.resize(width);
+    for (int j = 0; j < width; ++j)
+      prepared->w_out[j] = output_scale_ * out_kernel.flat<float>()(j);
+    prepared->b_out = output_scale_ * out_bias.flat<float>()(0);
+    return ctx->allocate_output(0, grads.shape(), &prepared->updates);
+  }
+
+  // Runs the step from `state` into `out` (which may be the same buffers:
+  // each group's rows are read before they are written).
+  void Step(OpKernelContext* ctx, const std::vector<Tensor>& state,
+            const std::vector<void*>& out, Prepared* prepared) const {
+    const int64_t n = prepared->n;
+    if (n == 0) return;
     Args args;
     args.n = n;
-    args.grads = grads.flat<float>().data();
-    args.updates = updates->flat<float>().data();
-    args.layers = &layers;
-    args.w_out = w_out.data();
-    args.b_out = b_out;
+    args.grads = ctx->input(0).flat<float>().data();
+    args.updates = prepared->updates->flat<float>().data();
+    args.layers = &prepared->layers;
+    args.w_out = prepared->w_out.data();
+    args.b_out = prepared->b_out;
     for (int s = 0; s < 2 * num_layers_; ++s) {
       args.state_in.push_back(state[s].data());
-      args.state_out.push_back(new_state[s]->data());
+      args.state_out.push_back(out[s]);
     }
     const int64_t groups = (n + kGroup - 1) / kGroup;
     int64_t flops = 0;
-    for (const Layer& layer : layers) flops += 2 * layer.in * 4 * layer.h;
+    for (const Layer& layer : prepared->layers)
+      flops += 2 * layer.in * 4 * layer.h;
     auto work = [&](int64_t begin, int64_t end) {
       if (bfloat16_state_) {
         Run<bfloat16>(args, begin * kGroup, std::min(n, end * kGroup));
@@ -394,10 +428,10 @@ class LstmStepOp : public OpKernel {
       }
     };
     const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
-    workers.workers->ParallelFor(groups, kGroup * (flops + 60 * width), work);
+    workers.workers->ParallelFor(groups, kGroup * (flops + 200), work);
   }
 
- private:
+ protected:
   struct Args {
     int64_t n;
     const float* grads;
@@ -532,6 +566,64 @@ class LstmStepOp : public OpKernel {
   int num_layers_ = 2;
 };
 
+// The same step, written into the state variables themselves: no new state
+// buffers (whose first touch costs a page fault a 4 KB page) and half the
+// peak state memory. A variable whose buffer is shared (a read of it is
+// still alive) gets a new buffer, as TensorFlow's training ops do.
+class LstmApplyOp : public LstmStepOp {
+ public:
+  explicit LstmApplyOp(OpKernelConstruction* ctx) : LstmStepOp(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const int num_state = 2 * num_layers_;
+    std::vector<::tensorflow::core::RefCountPtr<::tensorflow::Var>> vars(
+        num_state);
+    for (int s = 0; s < num_state; ++s) {
+      OP_REQUIRES_OK(ctx, ::tensorflow::LookupResource(
+                              ctx, ::tensorflow::HandleFromInput(ctx, 1 + s),
+                              &vars[s]));
+    }
+    // Locked in input order for the whole step (the optimizer passes a
+    // variable's state in one order).
+    struct Locks {
+      std::vector<::tensorflow::mutex*> held;
+      ~Locks() {
+        for (auto it = held.rbegin(); it != held.rend(); ++it) (*it)->unlock();
+      }
+    } locks;
+    for (auto& var : vars) {
+      var->mu()->lock();
+      locks.held.push_back(var->mu());
+    }
+    std::vector<Tensor> state;
+    std::vector<bool> shared(num_state);
+    for (int s = 0; s < num_state; ++s) {
+      Tensor* t = vars[s]->tensor();
+      OP_REQUIRES(ctx, t->IsInitialized(),
+                  ::tensorflow::errors::FailedPrecondition(
+                      "state[", s, "] is not initialized"));
+      shared[s] = vars[s]->copy_on_read_mode.load() || !t->RefCountIsOne();
+      state.push_back(*t);
+    }
+    Prepared prepared;
+    OP_REQUIRES_OK(ctx, Prepare(ctx, state, &prepared));
+    std::vector<void*> out(num_state);
+    std::vector<Tensor> fresh(num_state);
+    for (int s = 0; s < num_state; ++s) {
+      if (shared[s]) {
+        OP_REQUIRES_OK(ctx, ctx->allocate_temp(state[s].dtype(),
+                                               state[s].shape(), &fresh[s]));
+        out[s] = fresh[s].data();
+      } else {
+        out[s] = vars[s]->tensor()->data();
+      }
+    }
+    Step(ctx, state, out, &prepared);
+    for (int s = 0; s < num_state; ++s)
+      if (shared[s]) *vars[s]->tensor() = fresh[s];
+  }
+};
+
 }  // namespace
 
 REGISTER_OP("L2lLstmStep")
@@ -559,5 +651,28 @@ REGISTER_OP("L2lLstmStep")
     .Doc("One step of the coordinatewise LSTM optimizer (l2l_tf).");
 
 REGISTER_KERNEL_BUILDER(Name("L2lLstmStep").Device(DEVICE_CPU), LstmStepOp);
+
+REGISTER_OP("L2lLstmApply")
+    .Input("grads: float")
+    .Input("state: num_state * resource")
+    .Input("kernels: num_layers * float")
+    .Input("biases: num_layers * float")
+    .Input("out_kernel: float")
+    .Input("out_bias: float")
+    .Output("updates: float")
+    .Attr("S: {float, bfloat16}")
+    .Attr("num_state: int >= 2")
+    .Attr("num_layers: int >= 1")
+    .Attr("preprocess: {'log_sign', 'none'} = 'log_sign'")
+    .Attr("p: float = 10.0")
+    .Attr("output_scale: float = 0.1")
+    .SetIsStateful()
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc("L2lLstmStep with the state updated in its variables (l2l_tf).");
+
+REGISTER_KERNEL_BUILDER(Name("L2lLstmApply").Device(DEVICE_CPU), LstmApplyOp);
 
 }  // namespace l2l_tf
