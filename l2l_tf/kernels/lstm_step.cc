@@ -225,9 +225,32 @@ static inline void Cell(const float* gi, const float* gf, const float* gg,
 #endif
 
 static inline void LoadState(float* dst, const bfloat16* src, int count) {
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+  // bfloat16 -> float32: its 16 bits become the high half.
+  for (int m = 0; m < count; m += kLanes) {
+    const __mmask16 k = count - m >= kLanes
+                            ? static_cast<__mmask16>(0xffff)
+                            : static_cast<__mmask16>((1u << (count - m)) - 1);
+    const __m512i bits = _mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, src + m)), 16);
+    _mm512_mask_storeu_ps(dst + m, k, _mm512_castsi512_ps(bits));
+  }
+  return;
+#endif
   for (int m = 0; m < count; ++m) dst[m] = ToFloat(src[m]);
 }
 static inline void StoreState(bfloat16* dst, const float* src, int count) {
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  // vcvtneps2bf16 rounds to nearest even, as tf.cast (denormals flush to 0).
+  for (int m = 0; m < count; m += kLanes) {
+    const __mmask16 k = count - m >= kLanes
+                            ? static_cast<__mmask16>(0xffff)
+                            : static_cast<__mmask16>((1u << (count - m)) - 1);
+    const __m256bh half = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, src + m));
+    _mm256_mask_storeu_epi16(dst + m, k, reinterpret_cast<const __m256i&>(half));
+  }
+  return;
+#endif
   for (int m = 0; m < count; ++m) dst[m] = FromFloat<bfloat16>(src[m]);
 }
 
