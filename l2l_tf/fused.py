@@ -19,8 +19,8 @@ version, the compiler and the processor. Without a compiler, or with
 """
 
 import fcntl
-import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -95,7 +95,12 @@ def build(verbose: bool = False) -> str:
     """
     cxx = _compiler()
     folder = cache_dir()
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise Unavailable(f"the kernel cache {folder!r} cannot be made: {e} "
+                          "(set L2L_TF_KERNEL_CACHE to a writable folder)"
+                          ) from e
     library = os.path.join(folder, f"lstm_step_{_build_key(cxx)}.so")
     if os.path.exists(library):
         return library
@@ -104,6 +109,9 @@ def build(verbose: bool = False) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(library):
             return library
+        logging.getLogger(__name__).info(
+            "Compiling l2l_tf's fused LSTM kernel (once, cached in %s).",
+            folder)
         with atomic.temp_file(library, suffix=".so") as tmp:
             command = ([cxx, *_FLAGS, *tf.sysconfig.get_compile_flags(),
                         SOURCE, "-o", tmp, *tf.sysconfig.get_link_flags()])
@@ -118,19 +126,30 @@ def build(verbose: bool = False) -> str:
     return library
 
 
-@functools.lru_cache(maxsize=None)
+_LOADED = {}  # "module" or "error": one build attempt a process.
+
+
 def _load():
     if os.environ.get("L2L_TF_FUSED", "1") == "0":
         raise Unavailable("L2L_TF_FUSED=0 turns the fused kernel off")
-    library = build()
-    try:
-        return tf.load_op_library(library)
-    except (tf.errors.NotFoundError, OSError) as e:
-        raise Unavailable(f"loading {library} failed: {e}") from e
+    if "error" in _LOADED:
+        raise _LOADED["error"]
+    if "module" not in _LOADED:
+        try:
+            library = build()
+            try:
+                _LOADED["module"] = tf.load_op_library(library)
+            except (tf.errors.NotFoundError, OSError) as e:
+                raise Unavailable(f"loading {library} failed: {e}") from e
+        except Unavailable as e:
+            _LOADED["error"] = e
+            raise
+    return _LOADED["module"]
 
 
 def load():
-    """The compiled op module (built on first use); raises `Unavailable`."""
+    """The compiled op module (built on first use); raises `Unavailable`.
+    A failed build is not retried in the same process."""
     return _load()
 
 

@@ -266,6 +266,12 @@ def test_build_errors_and_switch_off(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "no C++ compiler: '/nonexistent/c++'" in out
+    (tmp_path / "a_file").write_text("")
+    env = dict(os.environ, PYTHONPATH=REPO,
+               L2L_TF_KERNEL_CACHE=str(tmp_path / "a_file" / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "cannot be made" in out and "L2L_TF_KERNEL_CACHE" in out
     code = ("import numpy as np, tensorflow as tf\n"
             "from l2l_tf import fused, LearnedOptimizer\n"
             "print(fused.unavailable_reason())\n"
