@@ -139,8 +139,19 @@ def _load():
             library = build()
             try:
                 _LOADED["module"] = tf.load_op_library(library)
-            except (tf.errors.NotFoundError, OSError) as e:
-                raise Unavailable(f"loading {library} failed: {e}") from e
+            except (tf.errors.NotFoundError, OSError):
+                # A cached library damaged outside l2l_tf (builds are
+                # renamed into place whole): build it again, once.
+                try:
+                    os.remove(library)
+                except OSError:
+                    pass
+                library = build()
+                try:
+                    _LOADED["module"] = tf.load_op_library(library)
+                except (tf.errors.NotFoundError, OSError) as e:
+                    raise Unavailable(f"loading {library} failed: {e}"
+                                      ) from e
         except Unavailable as e:
             _LOADED["error"] = e
             raise

@@ -217,7 +217,8 @@ def test_jit_compile_falls_back_to_tensorflow_ops():
 def test_fused_argument_is_checked():
     with pytest.raises(ValueError, match="fused.*Received: fused='yes'"):
         LearnedOptimizer(fused="yes")
-    with pytest.raises(ValueError, match="fused=True.*log_sign_adam"):
+    with pytest.warns(UserWarning, match="not found"), pytest.raises(
+            ValueError, match="fused=True.*log_sign_adam"):
         LearnedOptimizer(network={"preprocess": "log_sign_adam"},
                          weights="/nonexistent", fused=True)
     opt = LearnedOptimizer(fused=False)
@@ -287,3 +288,17 @@ def test_build_errors_and_switch_off(tmp_path):
 def test_build_is_cached():
     path = fused.build()
     assert os.path.exists(path) and fused.build() == path
+
+
+def test_a_damaged_cached_library_is_rebuilt(tmp_path):
+    """A truncated library in the cache is built again (once) and loads."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    library = cache / os.path.basename(fused.build())
+    library.write_bytes(b"not a shared object")
+    code = ("from l2l_tf import fused; print(fused.unavailable_reason())")
+    env = dict(os.environ, L2L_TF_KERNEL_CACHE=str(cache), PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "None"
+    assert library.stat().st_size > 10_000
