@@ -12,7 +12,8 @@ place. Meta-training and evaluation run the TensorFlow ops.
 
 The kernel is compiled from source on first use, against the installed
 TensorFlow, for this machine's processor (`-march=native`), with the C++
-compiler in `$CXX` (else `c++`), and cached under `$L2L_TF_KERNEL_CACHE`
+compiler in `$CXX` (else `c++`) and any extra flags in
+`$L2L_TF_KERNEL_FLAGS`, and cached under `$L2L_TF_KERNEL_CACHE`
 (default `~/.cache/l2l_tf/kernels`) keyed by the source, the TensorFlow
 version, the compiler and the processor. Without a compiler, or with
 `L2L_TF_FUSED=0`, everything runs on the TensorFlow ops.
@@ -39,6 +40,12 @@ MAX_HIDDEN = 48
 STATE_DTYPES = (tf.float32, tf.bfloat16)
 _FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-w",
           "-shared", "-fPIC")
+
+
+def _flags():
+    """The compiler flags, with `$L2L_TF_KERNEL_FLAGS` last (for instance
+    "-mno-avx512f" builds the kernel's portable path)."""
+    return _FLAGS + tuple(os.environ.get("L2L_TF_KERNEL_FLAGS", "").split())
 
 
 class Unavailable(RuntimeError):
@@ -83,7 +90,7 @@ def _build_key(cxx: str) -> str:
     with open(SOURCE, "rb") as f:
         h.update(f.read())
     for part in (tf.__version__, tf.sysconfig.get_include(), version,
-                 _cpu_flags(), " ".join(_FLAGS)):
+                 _cpu_flags(), " ".join(_flags())):
         h.update(part.encode())
     return h.hexdigest()[:16]
 
@@ -113,7 +120,7 @@ def build(verbose: bool = False) -> str:
             "Compiling l2l_tf's fused LSTM kernel (once, cached in %s).",
             folder)
         with atomic.temp_file(library, suffix=".so") as tmp:
-            command = ([cxx, *_FLAGS, *tf.sysconfig.get_compile_flags(),
+            command = ([cxx, *_flags(), *tf.sysconfig.get_compile_flags(),
                         SOURCE, "-o", tmp, *tf.sysconfig.get_link_flags()])
             if verbose:
                 print(" ".join(command))

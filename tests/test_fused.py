@@ -302,3 +302,34 @@ def test_a_damaged_cached_library_is_rebuilt(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "None"
     assert library.stat().st_size > 10_000
+
+
+def test_portable_path_without_avx512(tmp_path):
+    """The kernel built without AVX-512 (its plain C++ path, which machines
+    without AVX-512 run) computes the same step as the TF ops."""
+    code = (
+        "import numpy as np, tensorflow as tf\n"
+        "from l2l_tf import fused, networks\n"
+        "assert fused.unavailable_reason() is None, fused.unavailable_reason()\n"
+        "for network, dtype in [({}, tf.float32), ({}, tf.bfloat16),\n"
+        "                       ({'hidden_sizes': [7, 13]}, tf.float32)]:\n"
+        "    rule = networks.CoordinatewiseLSTM(**network)\n"
+        "    phi = {k: tf.constant(v) for k, v in rule.init_phi(1).items()}\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    g = tf.constant((rng.standard_normal(1003) * 10.0 ** rng.uniform(\n"
+        "        -12, 1, 1003)).astype(np.float32))\n"
+        "    s = tuple(tf.cast(rng.normal(0, .7, sh).astype(np.float32), dtype)\n"
+        "              for sh in rule.state_shapes(1003))\n"
+        "    (u1, s1), (u2, s2) = rule.step(phi, g, s), fused.lstm_step(\n"
+        "        rule, phi, g, s)\n"
+        "    np.testing.assert_allclose(u2, u1, rtol=1e-5, atol=1e-6)\n"
+        "    for a, b in zip(s2, s1):\n"
+        "        np.testing.assert_allclose(tf.cast(a, tf.float32),\n"
+        "                                   tf.cast(b, tf.float32),\n"
+        "                                   rtol=2.0 ** -7, atol=1e-6)\n"
+        "print('same')\n")
+    env = dict(os.environ, L2L_TF_KERNEL_CACHE=str(tmp_path / "cache"),
+               L2L_TF_KERNEL_FLAGS="-mno-avx512f", PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "same" in out.stdout, out.stderr[-3000:]

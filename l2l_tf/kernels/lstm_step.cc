@@ -82,6 +82,15 @@ static inline float Exp(float x) {
 
 static inline float Sigmoid(float x) { return 1.0f / (1.0f + Exp(-x)); }
 
+#if defined(__AVX512F__)
+// The lanes of a vector starting `remaining` floats before the end.
+static inline __mmask16 TailMask(int remaining) {
+  return remaining >= kLanes
+             ? static_cast<__mmask16>(0xffff)
+             : static_cast<__mmask16>((1u << remaining) - 1);
+}
+#endif
+
 // Copies a few floats: inline vector moves (a call to memcpy costs more
 // than the copy at these sizes, 20 to 80 floats).
 static inline void CopyFloats(float* dst, const float* src, int count) {
@@ -90,7 +99,7 @@ static inline void CopyFloats(float* dst, const float* src, int count) {
   for (; m + kLanes <= count; m += kLanes)
     _mm512_storeu_ps(dst + m, _mm512_loadu_ps(src + m));
   if (m < count) {
-    const __mmask16 k = static_cast<__mmask16>((1u << (count - m)) - 1);
+    const __mmask16 k = TailMask(count - m);
     _mm512_mask_storeu_ps(dst + m, k, _mm512_maskz_loadu_ps(k, src + m));
   }
 #else
@@ -102,9 +111,7 @@ static inline float Dot(const float* a, const float* b, int count) {
 #if defined(__AVX512F__)
   __m512 acc = _mm512_setzero_ps();
   for (int m = 0; m < count; m += kLanes) {
-    const __mmask16 k = count - m >= kLanes
-                            ? static_cast<__mmask16>(0xffff)
-                            : static_cast<__mmask16>((1u << (count - m)) - 1);
+    const __mmask16 k = TailMask(count - m);
     acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + m),
                           _mm512_maskz_loadu_ps(k, b + m), acc);
   }
@@ -201,9 +208,7 @@ static inline void Cell(const float* gi, const float* gf, const float* gg,
                         const float* go, float* cs, float* hs, int m_end) {
   const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
   for (int m = 0; m < m_end; m += kLanes) {
-    const __mmask16 k = m_end - m >= kLanes
-                            ? static_cast<__mmask16>(0xffff)
-                            : static_cast<__mmask16>((1u << (m_end - m)) - 1);
+    const __mmask16 k = TailMask(m_end - m);
     const __m512 i = SigmoidAvx512(_mm512_maskz_loadu_ps(k, gi + m));
     const __m512 f = SigmoidAvx512(_mm512_maskz_loadu_ps(k, gf + m));
     const __m512 g = _mm512_fmsub_ps(
@@ -228,9 +233,7 @@ static inline void LoadState(float* dst, const bfloat16* src, int count) {
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
   // bfloat16 -> float32: its 16 bits become the high half.
   for (int m = 0; m < count; m += kLanes) {
-    const __mmask16 k = count - m >= kLanes
-                            ? static_cast<__mmask16>(0xffff)
-                            : static_cast<__mmask16>((1u << (count - m)) - 1);
+    const __mmask16 k = TailMask(count - m);
     const __m512i bits = _mm512_slli_epi32(
         _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, src + m)), 16);
     _mm512_mask_storeu_ps(dst + m, k, _mm512_castsi512_ps(bits));
@@ -243,9 +246,7 @@ static inline void StoreState(bfloat16* dst, const float* src, int count) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
   // vcvtneps2bf16 rounds to nearest even, as tf.cast (denormals flush to 0).
   for (int m = 0; m < count; m += kLanes) {
-    const __mmask16 k = count - m >= kLanes
-                            ? static_cast<__mmask16>(0xffff)
-                            : static_cast<__mmask16>((1u << (count - m)) - 1);
+    const __mmask16 k = TailMask(count - m);
     const __m256bh half = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, src + m));
     _mm256_mask_storeu_epi16(dst + m, k, reinterpret_cast<const __m256i&>(half));
   }
@@ -649,6 +650,16 @@ class LstmApplyOp : public LstmStepOp {
 
 }  // namespace
 
+// The attributes both ops share: the state dtype, the network's shape and
+// its preprocessing and output scale.
+#define L2L_LSTM_ATTRS                                          \
+  .Attr("S: {float, bfloat16}")                                 \
+      .Attr("num_state: int >= 2")                              \
+      .Attr("num_layers: int >= 1")                             \
+      .Attr("preprocess: {'log_sign', 'none'} = 'log_sign'")    \
+      .Attr("p: float = 10.0")                                  \
+      .Attr("output_scale: float = 0.1")
+
 REGISTER_OP("L2lLstmStep")
     .Input("grads: float")
     .Input("state: num_state * S")
@@ -658,12 +669,7 @@ REGISTER_OP("L2lLstmStep")
     .Input("out_bias: float")
     .Output("updates: float")
     .Output("new_state: num_state * S")
-    .Attr("S: {float, bfloat16}")
-    .Attr("num_state: int >= 2")
-    .Attr("num_layers: int >= 1")
-    .Attr("preprocess: {'log_sign', 'none'} = 'log_sign'")
-    .Attr("p: float = 10.0")
-    .Attr("output_scale: float = 0.1")
+    L2L_LSTM_ATTRS
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       c->set_output(0, c->input(0));
       int num_state;
@@ -683,12 +689,7 @@ REGISTER_OP("L2lLstmApply")
     .Input("out_kernel: float")
     .Input("out_bias: float")
     .Output("updates: float")
-    .Attr("S: {float, bfloat16}")
-    .Attr("num_state: int >= 2")
-    .Attr("num_layers: int >= 1")
-    .Attr("preprocess: {'log_sign', 'none'} = 'log_sign'")
-    .Attr("p: float = 10.0")
-    .Attr("output_scale: float = 0.1")
+    L2L_LSTM_ATTRS
     .SetIsStateful()
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       c->set_output(0, c->input(0));
