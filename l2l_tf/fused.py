@@ -26,6 +26,7 @@ import os
 import platform
 import shutil
 import subprocess
+import warnings
 from typing import Optional
 
 import tensorflow as tf
@@ -109,12 +110,12 @@ def build(verbose: bool = False) -> str:
                           "(set L2L_TF_KERNEL_CACHE to a writable folder)"
                           ) from e
     library = os.path.join(folder, f"lstm_step_{_build_key(cxx)}.so")
-    if os.path.exists(library):
+    if _intact(library):
         return library
     # One process compiles; the others wait for it and use its library.
     with open(library + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(library):
+        if _intact(library):
             return library
         logging.getLogger(__name__).info(
             "Compiling l2l_tf's fused LSTM kernel (once, cached in %s).",
@@ -130,7 +131,26 @@ def build(verbose: bool = False) -> str:
                 raise Unavailable(
                     f"compiling {SOURCE} failed ({' '.join(command)}):\n"
                     + done.stderr[-4000:])
+            digest = _sha256(tmp)
+        # The digest is written after the library is in place: a library
+        # without it (or with another) is built again before it is loaded,
+        # since loading a damaged one can kill the process.
+        atomic.write_text(library + ".sha256", digest)
     return library
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _intact(library: str) -> bool:
+    """Whether `library` is there and is what l2l_tf built."""
+    try:
+        with open(library + ".sha256") as f:
+            return f.read().strip() == _sha256(library)
+    except OSError:
+        return False
 
 
 _LOADED = {}  # "module" or "error": one build attempt a process.
@@ -146,21 +166,14 @@ def _load():
             library = build()
             try:
                 _LOADED["module"] = tf.load_op_library(library)
-            except (tf.errors.NotFoundError, OSError):
-                # A cached library damaged outside l2l_tf (builds are
-                # renamed into place whole): build it again, once.
-                try:
-                    os.remove(library)
-                except OSError:
-                    pass
-                library = build()
-                try:
-                    _LOADED["module"] = tf.load_op_library(library)
-                except (tf.errors.NotFoundError, OSError) as e:
-                    raise Unavailable(f"loading {library} failed: {e}"
-                                      ) from e
+            except (tf.errors.NotFoundError, OSError) as e:
+                raise Unavailable(f"loading {library} failed: {e} (delete "
+                                  "it to build it again)") from e
         except Unavailable as e:
             _LOADED["error"] = e
+            warnings.warn(f"l2l_tf: the fused LSTM kernel is unavailable, "
+                          f"so LearnedOptimizer runs on TensorFlow ops "
+                          f"(about 1.5x slower on a CPU): {e}", stacklevel=3)
             raise
     return _LOADED["module"]
 

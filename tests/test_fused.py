@@ -291,17 +291,28 @@ def test_build_is_cached():
 
 
 def test_a_damaged_cached_library_is_rebuilt(tmp_path):
-    """A truncated library in the cache is built again (once) and loads."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    library = cache / os.path.basename(fused.build())
-    library.write_bytes(b"not a shared object")
-    code = ("from l2l_tf import fused; print(fused.unavailable_reason())")
-    env = dict(os.environ, L2L_TF_KERNEL_CACHE=str(cache), PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, "-c", code], env=env,
-                         capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "None"
-    assert library.stat().st_size > 10_000
+    """A cached library cut short (loading such a file can kill the process
+    with SIGBUS) or missing its digest is built again before it is loaded."""
+    built = fused.build()
+    for damage in ("truncated", "no digest"):
+        cache = tmp_path / damage.replace(" ", "_")
+        cache.mkdir()
+        library = cache / os.path.basename(built)
+        data = open(built, "rb").read()
+        if damage == "truncated":
+            library.write_bytes(data[:50_000])
+            (cache / (library.name + ".sha256")).write_text(
+                open(built + ".sha256").read())
+        else:
+            library.write_bytes(data)
+        code = "from l2l_tf import fused; print(fused.unavailable_reason())"
+        env = dict(os.environ, L2L_TF_KERNEL_CACHE=str(cache),
+                   PYTHONPATH=REPO)
+        out = subprocess.run([sys.executable, "-c", code], env=env,
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.strip() == "None", (
+            damage, out.returncode, out.stderr[-2000:])
+        assert library.stat().st_size == len(data), damage
 
 
 def test_portable_path_without_avx512(tmp_path):
