@@ -78,7 +78,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
         updates.
       fused: how the LSTM step runs. None (the default): through l2l_tf's
         fused CPU kernel (l2l_tf/fused.py; compiled on first use and cached,
-        about 15 s) wherever it can: on machines without GPUs, outside
+        10-15 s) wherever it can: on machines without GPUs, outside
         `jit_compile=True`, for networks it supports (log/sign or no
         preprocessing, up to 48 units); elsewhere, or if it cannot be
         built, through TensorFlow ops, which compute the same to float32
@@ -219,7 +219,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             for n in self._phi_names
         ]
         # Whether the LSTM may take the fused kernel (where an update is
-        # traced, runs_here() says whether it does).
+        # traced, _take_fused() says whether it does).
         self._fused = self.fused is not False and not (
             fused_lib.unsupported_reason(self.rule, self.state_dtype)
             or fused_lib.unavailable_reason())
