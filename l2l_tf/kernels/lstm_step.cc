@@ -238,9 +238,9 @@ static inline void LoadState(float* dst, const bfloat16* src, int count) {
         _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, src + m)), 16);
     _mm512_mask_storeu_ps(dst + m, k, _mm512_castsi512_ps(bits));
   }
-  return;
-#endif
+#else
   for (int m = 0; m < count; ++m) dst[m] = ToFloat(src[m]);
+#endif
 }
 static inline void StoreState(bfloat16* dst, const float* src, int count) {
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -250,9 +250,9 @@ static inline void StoreState(bfloat16* dst, const float* src, int count) {
     const __m256bh half = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, src + m));
     _mm256_mask_storeu_epi16(dst + m, k, reinterpret_cast<const __m256i&>(half));
   }
-  return;
-#endif
+#else
   for (int m = 0; m < count; ++m) dst[m] = FromFloat<bfloat16>(src[m]);
+#endif
 }
 
 // ---------------------------------------------------------------------------
