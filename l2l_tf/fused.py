@@ -221,17 +221,24 @@ def has_gpus() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+def _weights_and_attrs(rule, phi):
+    """The ops' weight inputs (kernels, biases, output kernel and bias) and
+    the network's attributes, the same for both ops."""
+    layers = range(len(rule.hidden_sizes))
+    weights = ([phi[f"lstm_{l}/kernel"] for l in layers],
+               [phi[f"lstm_{l}/bias"] for l in layers],
+               phi["output/kernel"], phi["output/bias"])
+    attrs = dict(preprocess=rule.preprocess, p=rule.preprocess_p,
+                 output_scale=rule.output_scale)
+    return weights, attrs
+
+
 def lstm_step(rule, phi, grads, state):
     """`rule.step(phi, grads, state)` through the fused kernel: (updates [n]
     float32, new state in the dtype it came in)."""
-    layers = range(len(rule.hidden_sizes))
+    weights, attrs = _weights_and_attrs(rule, phi)
     updates, new_state = load().l2l_lstm_step(
-        tf.cast(grads, tf.float32), list(state),
-        [phi[f"lstm_{l}/kernel"] for l in layers],
-        [phi[f"lstm_{l}/bias"] for l in layers],
-        phi["output/kernel"], phi["output/bias"],
-        preprocess=rule.preprocess, p=rule.preprocess_p,
-        output_scale=rule.output_scale)
+        tf.cast(grads, tf.float32), list(state), *weights, **attrs)
     return updates, tuple(new_state)
 
 
@@ -240,11 +247,7 @@ def lstm_apply(rule, phi, grads, state_variables):
     tf.Variables holding the state, in `rule.state_shapes` order) in place:
     no new state buffers, and half the peak state memory. Returns the
     updates [n] float32."""
-    layers = range(len(rule.hidden_sizes))
+    weights, attrs = _weights_and_attrs(rule, phi)
     return load().l2l_lstm_apply(
         tf.cast(grads, tf.float32), [v.handle for v in state_variables],
-        [phi[f"lstm_{l}/kernel"] for l in layers],
-        [phi[f"lstm_{l}/bias"] for l in layers],
-        phi["output/kernel"], phi["output/bias"],
-        S=state_variables[0].dtype, preprocess=rule.preprocess,
-        p=rule.preprocess_p, output_scale=rule.output_scale)
+        *weights, S=state_variables[0].dtype, **attrs)
