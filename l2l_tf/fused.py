@@ -233,13 +233,48 @@ def _weights_and_attrs(rule, phi):
     return weights, attrs
 
 
-def lstm_step(rule, phi, grads, state):
+def lstm_step(rule, phi, grads, state, differentiable: bool = False):
     """`rule.step(phi, grads, state)` through the fused kernel: (updates [n]
-    float32, new state in the dtype it came in)."""
+    float32, new state in the dtype it came in).
+
+    With `differentiable`, the step also keeps the activations its gradient
+    needs (5h floats a coordinate and layer, until the gradient is taken),
+    and a GradientTape differentiates it with `L2lLstmStepGrad` with
+    respect to the state, phi and the gradients. Without it, the step cannot
+    be differentiated (a tape raises an error that says so).
+    """
     weights, attrs = _weights_and_attrs(rule, phi)
-    updates, new_state = load().l2l_lstm_step(
-        tf.cast(grads, tf.float32), list(state), *weights, **attrs)
+    updates, new_state, _ = load().l2l_lstm_step(
+        tf.cast(grads, tf.float32), list(state), *weights,
+        save=bool(differentiable), **attrs)
     return updates, tuple(new_state)
+
+
+@_ops.RegisterGradient("L2lLstmStep")
+def _lstm_step_grad(op, d_updates, *d_outputs):
+    """The gradients of L2lLstmStep's inputs, by L2lLstmStepGrad."""
+    if not op.get_attr("save"):
+        raise ValueError(
+            "The fused LSTM step was run without the activations its "
+            "gradient needs: call l2l_tf.fused.lstm_step(..., "
+            "differentiable=True) to differentiate it.")
+    num_state = op.get_attr("num_state")
+    num_layers = op.get_attr("num_layers")
+    inputs = list(op.inputs)
+    grads, state = inputs[0], inputs[1:1 + num_state]
+    kernels = inputs[1 + num_state:1 + num_state + num_layers]
+    out_kernel, out_bias = inputs[-2], inputs[-1]
+    if d_updates is None:
+        d_updates = tf.zeros_like(op.outputs[0])
+    d_new_state = [tf.zeros_like(op.outputs[1 + s]) if d is None else d
+                   for s, d in enumerate(d_outputs[:num_state])]
+    (d_grads, d_state, d_kernels, d_biases, d_out_kernel,
+     d_out_bias) = load().l2l_lstm_step_grad(
+         grads, state, op.outputs[-1], kernels, out_kernel, d_updates,
+         d_new_state, preprocess=op.get_attr("preprocess"),
+         p=op.get_attr("p"), output_scale=op.get_attr("output_scale"))
+    return ([d_grads, *d_state, *d_kernels, *d_biases, d_out_kernel,
+             tf.reshape(d_out_bias, tf.shape(out_bias))])
 
 
 def lstm_apply(rule, phi, grads, state_variables):

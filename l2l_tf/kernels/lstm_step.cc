@@ -168,16 +168,27 @@ template <> inline bfloat16 FromFloat<bfloat16>(float x) {
 
 // The LSTM cell on m units laid out by gate (gi, gf, gg, go: the
 // pre-activations, the g block doubled): c = sigmoid(f) c + sigmoid(i)
-// tanh(g); h = sigmoid(o) tanh(c), tanh(z) = 2 sigmoid(2z) - 1.
+// tanh(g); h = sigmoid(o) tanh(c), tanh(z) = 2 sigmoid(2z) - 1. With `act`,
+// also writes the activations the backward pass needs, by quantity (i, f,
+// g, o, tanh c; each `stride` floats apart).
 static inline void CellGeneric(const float* gi, const float* gf,
                                const float* gg, const float* go, float* cs,
-                               float* hs, int m_end) {
+                               float* hs, int m_end, float* act, int stride) {
 #pragma omp simd
   for (int m = 0; m < m_end; ++m) {
-    const float cell = Sigmoid(gf[m]) * cs[m] +
-                       Sigmoid(gi[m]) * (2.0f * Sigmoid(gg[m]) - 1.0f);
+    const float i = Sigmoid(gi[m]), f = Sigmoid(gf[m]);
+    const float g = 2.0f * Sigmoid(gg[m]) - 1.0f, o = Sigmoid(go[m]);
+    const float cell = f * cs[m] + i * g;
+    const float tanh_c = 2.0f * Sigmoid(2.0f * cell) - 1.0f;
     cs[m] = cell;
-    hs[m] = Sigmoid(go[m]) * (2.0f * Sigmoid(2.0f * cell) - 1.0f);
+    hs[m] = o * tanh_c;
+    if (act) {
+      act[m] = i;
+      act[stride + m] = f;
+      act[2 * stride + m] = g;
+      act[3 * stride + m] = o;
+      act[4 * stride + m] = tanh_c;
+    }
   }
 }
 
@@ -205,7 +216,8 @@ static inline __m512 SigmoidAvx512(__m512 x) {
 }
 
 static inline void Cell(const float* gi, const float* gf, const float* gg,
-                        const float* go, float* cs, float* hs, int m_end) {
+                        const float* go, float* cs, float* hs, int m_end,
+                        float* act, int stride) {
   const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
   for (int m = 0; m < m_end; m += kLanes) {
     const __mmask16 k = TailMask(m_end - m);
@@ -220,12 +232,20 @@ static inline void Cell(const float* gi, const float* gf, const float* gg,
         two, SigmoidAvx512(_mm512_mul_ps(two, cell)), one);
     _mm512_mask_storeu_ps(cs + m, k, cell);
     _mm512_mask_storeu_ps(hs + m, k, _mm512_mul_ps(o, tanh_c));
+    if (act) {
+      _mm512_mask_storeu_ps(act + m, k, i);
+      _mm512_mask_storeu_ps(act + stride + m, k, f);
+      _mm512_mask_storeu_ps(act + 2 * stride + m, k, g);
+      _mm512_mask_storeu_ps(act + 3 * stride + m, k, o);
+      _mm512_mask_storeu_ps(act + 4 * stride + m, k, tanh_c);
+    }
   }
 }
 #else
 static inline void Cell(const float* gi, const float* gf, const float* gg,
-                        const float* go, float* cs, float* hs, int m_end) {
-  CellGeneric(gi, gf, gg, go, cs, hs, m_end);
+                        const float* go, float* cs, float* hs, int m_end,
+                        float* act, int stride) {
+  CellGeneric(gi, gf, gg, go, cs, hs, m_end, act, stride);
 }
 #endif
 
@@ -337,6 +357,7 @@ class LstmStepOp : public OpKernel {
     ::tensorflow::DataType dtype;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("S", &dtype));
     bfloat16_state_ = dtype == ::tensorflow::DT_BFLOAT16;
+    if (ctx->HasAttr("save")) OP_REQUIRES_OK(ctx, ctx->GetAttr("save", &save_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -354,6 +375,15 @@ class LstmStepOp : public OpKernel {
       OP_REQUIRES_OK(ctx, new_state.allocate(s, state[s].shape(), &t));
       out.push_back(t->data());
     }
+    // With `save`, the activations of the backward pass (SavedWidth a
+    // coordinate); else an empty [0, width].
+    Tensor* saved = nullptr;
+    int64_t width = 0;
+    for (const Layer& layer : prepared.layers) width += 5 * layer.h;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            "saved", TensorShape({save_ ? prepared.n : 0, width}),
+                            &saved));
+    if (save_) prepared.saved = saved->flat<float>().data();
     Step(ctx, state, out, &prepared);
   }
 
@@ -365,6 +395,7 @@ class LstmStepOp : public OpKernel {
     std::vector<float> w_out;
     float b_out = 0.0f;
     Tensor* updates = nullptr;
+    float* saved = nullptr;  // [n, sum of 5h]: i, f, g, o, tanh c a layer.
   };
 
   // Checks every input's shape (the state's too), lays the weights out and
@@ -443,6 +474,7 @@ class LstmStepOp : public OpKernel {
     args.layers = &prepared->layers;
     args.w_out = prepared->w_out.data();
     args.b_out = prepared->b_out;
+    args.saved = prepared->saved;
     for (int s = 0; s < 2 * num_layers_; ++s) {
       args.state_in.push_back(state[s].data());
       args.state_out.push_back(out[s]);
@@ -470,6 +502,7 @@ class LstmStepOp : public OpKernel {
     const std::vector<Layer>* layers;
     const float* w_out;
     float b_out;
+    float* saved;
     std::vector<const void*> state_in;
     std::vector<void*> state_out;
   };
@@ -506,12 +539,15 @@ class LstmStepOp : public OpKernel {
     // [kGroup, row] and the same by gate, [4, kGroup * h]; c; h.
     std::vector<float, Eigen::aligned_allocator<float>> in(kGroup * max_in),
         pre(kGroup * max_row), gates(4 * kGroup * max_h),
-        c(kGroup * max_h), hid(kGroup * max_h);
+        c(kGroup * max_h), hid(kGroup * max_h), act(5 * kGroup * max_h);
+    int saved_width = 0;
+    for (const Layer& layer : layers) saved_width += 5 * layer.h;
     for (int64_t start = begin; start < end; start += kGroup) {
       const int count = static_cast<int>(std::min<int64_t>(kGroup,
                                                            end - start));
       int width = Features(args.grads + start, count, in.data(),
                            layers[0].in);
+      int saved_offset = 0;
       for (size_t l = 0; l < layers.size(); ++l) {
         const Layer& layer = layers[l];
         const int h = layer.h, row = layer.vectors * kLanes;
@@ -543,7 +579,16 @@ class LstmStepOp : public OpKernel {
         const float* go = gg + kGroup * h;
         float* cs = c.data();
         float* hs = hid.data();
-        Cell(gi, gf, gg, go, cs, hs, m_end);
+        float* a = args.saved ? act.data() : nullptr;
+        Cell(gi, gf, gg, go, cs, hs, m_end, a, kGroup * h);
+        if (a) {  // By coordinate: saved[i, offset + q * h + j].
+          float* row = args.saved + start * saved_width + saved_offset;
+          for (int p = 0; p < count; ++p)
+            for (int q = 0; q < 5; ++q)
+              CopyFloats(row + p * saved_width + q * h,
+                         a + q * kGroup * h + p * h, h);
+          saved_offset += 5 * h;
+        }
         StoreState(static_cast<S*>(args.state_out[2 * l]) + start * h, hs,
                    m_end);
         StoreState(static_cast<S*>(args.state_out[2 * l + 1]) + start * h,
@@ -592,6 +637,7 @@ class LstmStepOp : public OpKernel {
 
   bool log_sign_ = true;
   bool bfloat16_state_ = false;
+  bool save_ = false;
   float p_ = 10.0f;
   float output_scale_ = 0.1f;
   int num_layers_ = 2;
@@ -655,6 +701,514 @@ class LstmApplyOp : public LstmStepOp {
   }
 };
 
+
+// ---------------------------------------------------------------------------
+// The gradient of L2lLstmStep (with save), for meta-training: given the
+// step's inputs, its saved activations and the gradients of its outputs,
+// the gradients of its inputs. Per coordinate and layer, from the last:
+//
+//   dh      = (the next layer's dx, or scale w_out du) + d new h
+//   dct     = d new c + dh o (1 - tanh(c)^2)
+//   dz      = (dct g i(1-i), dct c_prev f(1-f), dct i (1-g^2),
+//              dh tanh(c) o(1-o))          the gates' pre-activations
+//   d c_prev = dct f;  [dx, d h_prev] = dz W^T;  dW += [x, h_prev]^T dz
+//
+// dz W^T is blocked as the forward matmul (each row of W^T serves four
+// coordinates); dW and db are summed per chunk of coordinates and the chunks
+// added in order, so that the result does not depend on the threads.
+
+// One layer's kernel for the backward pass: row j of `wt` holds column j of
+// the kernel (its `in` inputs), padded with zeros to whole vectors.
+struct GradLayer {
+  int width = 0, h = 0, in = 0;
+  int in_vectors = 0;    // ceil(in / 16)
+  int gate_vectors = 0;  // ceil(4h / 16)
+  std::vector<float, Eigen::aligned_allocator<float>> wt;  // [4h, in_vectors*16]
+};
+
+// dx[p, :] = dz[p, :] W^T for P coordinates (rows of `dz` gate_vectors*16
+// long, of `dx` V*16 long).
+template <int V, int P>
+static inline void InputGradient(const GradLayer& layer, const float* dz,
+                                 float* dx) {
+  vec acc[P][V];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < V; ++v) acc[p][v] = vec{};
+  const vec* w = reinterpret_cast<const vec*>(layer.wt.data());
+  const int dz_row = layer.gate_vectors * kLanes;
+  for (int j = 0; j < 4 * layer.h; ++j, w += V) {
+    vec row[V];
+    for (int v = 0; v < V; ++v) {
+      row[v] = w[v];
+#if defined(__AVX512F__)
+      __asm__("" : "+v"(row[v]));
+#endif
+    }
+    for (int p = 0; p < P; ++p) {
+      const float s = dz[p * dz_row + j];
+      for (int v = 0; v < V; ++v) acc[p][v] += s * row[v];
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < V; ++v)
+      *reinterpret_cast<uvec*>(dx + (p * V + v) * kLanes) = acc[p][v];
+}
+
+template <int V>
+static inline void InputGradientGroup(const GradLayer& layer, const float* dz,
+                                      float* dx) {
+  constexpr int P = V <= 5 ? 4 : (V <= 10 ? 2 : 1);
+  for (int p = 0; p < kGroup; p += P)
+    InputGradient<V, P>(layer, dz + p * layer.gate_vectors * kLanes,
+                        dx + p * V * kLanes);
+}
+
+// dw[k, :] += sum_p x[p, k] dz[p, :] and db += sum_p dz[p, :], the kGroup
+// coordinates' dz held in registers (rows of dz and dw V*16 long).
+template <int V>
+static inline void WeightGradientGroup(const GradLayer& layer, const float* x,
+                                       const float* dz, float* dw,
+                                       float* db) {
+  constexpr int P = V <= 5 ? 4 : (V <= 10 ? 2 : 1);
+  for (int p0 = 0; p0 < kGroup; p0 += P) {
+    vec d[P][V];
+    for (int p = 0; p < P; ++p)
+      for (int v = 0; v < V; ++v) {
+        d[p][v] = *reinterpret_cast<const vec*>(dz + ((p0 + p) * V + v) *
+                                                         kLanes);
+#if defined(__AVX512F__)
+        __asm__("" : "+v"(d[p][v]));
+#endif
+      }
+    vec* b = reinterpret_cast<vec*>(db);
+    for (int v = 0; v < V; ++v) {
+      vec sum = b[v];
+      for (int p = 0; p < P; ++p) sum += d[p][v];
+      b[v] = sum;
+    }
+    vec* w = reinterpret_cast<vec*>(dw);
+    for (int k = 0; k < layer.in; ++k, w += V) {
+      for (int v = 0; v < V; ++v) {
+        vec sum = w[v];
+        for (int p = 0; p < P; ++p) sum += x[(p0 + p) * layer.in + k] * d[p][v];
+        w[v] = sum;
+      }
+    }
+  }
+}
+
+typedef void (*InputGradientFn)(const GradLayer&, const float*, float*);
+typedef void (*WeightGradientFn)(const GradLayer&, const float*, const float*,
+                                 float*, float*);
+
+static InputGradientFn InputGradientFor(int vectors) {
+  static const InputGradientFn fns[kMaxVectors] = {
+      InputGradientGroup<1>,  InputGradientGroup<2>,  InputGradientGroup<3>,
+      InputGradientGroup<4>,  InputGradientGroup<5>,  InputGradientGroup<6>,
+      InputGradientGroup<7>,  InputGradientGroup<8>,  InputGradientGroup<9>,
+      InputGradientGroup<10>, InputGradientGroup<11>, InputGradientGroup<12>};
+  return fns[vectors - 1];
+}
+
+static WeightGradientFn WeightGradientFor(int vectors) {
+  static const WeightGradientFn fns[kMaxVectors] = {
+      WeightGradientGroup<1>,  WeightGradientGroup<2>,
+      WeightGradientGroup<3>,  WeightGradientGroup<4>,
+      WeightGradientGroup<5>,  WeightGradientGroup<6>,
+      WeightGradientGroup<7>,  WeightGradientGroup<8>,
+      WeightGradientGroup<9>,  WeightGradientGroup<10>,
+      WeightGradientGroup<11>, WeightGradientGroup<12>};
+  return fns[vectors - 1];
+}
+
+class LstmStepGradOp : public OpKernel {
+ public:
+  explicit LstmStepGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string preprocess;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("preprocess", &preprocess));
+    log_sign_ = preprocess == "log_sign";
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("p", &p_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("output_scale", &output_scale_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_layers", &num_layers_));
+    int num_state;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_state", &num_state));
+    OP_REQUIRES(ctx, num_state == 2 * num_layers_,
+                InvalidArgument("num_state must be 2 * num_layers; got ",
+                                num_state, " and ", num_layers_));
+    ::tensorflow::DataType dtype;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("S", &dtype));
+    bfloat16_state_ = dtype == ::tensorflow::DT_BFLOAT16;
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& grads = ctx->input(0);
+    OP_REQUIRES(ctx, grads.dims() == 1,
+                InvalidArgument("grads must be [n]; got shape ",
+                                grads.shape().DebugString()));
+    const int64_t n = grads.dim_size(0);
+    OpInputList state, kernels, d_new_state;
+    OP_REQUIRES_OK(ctx, ctx->input_list("state", &state));
+    OP_REQUIRES_OK(ctx, ctx->input_list("kernels", &kernels));
+    OP_REQUIRES_OK(ctx, ctx->input_list("d_new_state", &d_new_state));
+    const Tensor& saved = ctx->input(SavedIndex());
+    const Tensor& out_kernel = ctx->input(SavedIndex() + num_layers_ + 1);
+    const Tensor& d_updates = ctx->input(SavedIndex() + num_layers_ + 2);
+    std::vector<GradLayer> layers(num_layers_);
+    int width = log_sign_ ? 2 : 1, saved_width = 0;
+    for (int l = 0; l < num_layers_; ++l) {
+      const Tensor& k = kernels[l];
+      OP_REQUIRES(ctx, k.dims() == 2 && k.dim_size(1) % 4 == 0 &&
+                           k.dim_size(0) == width + k.dim_size(1) / 4,
+                  InvalidArgument("kernels[", l, "] must be [", width,
+                                  " + h, 4h]; got shape ",
+                                  k.shape().DebugString()));
+      const int h = static_cast<int>(k.dim_size(1) / 4);
+      OP_REQUIRES(ctx, 4 * h <= kMaxVectors * kLanes &&
+                           width + h <= kMaxVectors * kLanes,
+                  InvalidArgument("hidden sizes up to ",
+                                  kMaxVectors * kLanes / 4,
+                                  " are fused; got ", h));
+      for (int s = 0; s < 2; ++s) {
+        for (const Tensor* t : {&state[2 * l + s], &d_new_state[2 * l + s]}) {
+          OP_REQUIRES(ctx, t->dims() == 2 && t->dim_size(0) == n &&
+                               t->dim_size(1) == h,
+                      InvalidArgument("state[", 2 * l + s, "] and its "
+                                      "gradient must be [", n, ", ", h,
+                                      "]; got shape ",
+                                      t->shape().DebugString()));
+        }
+      }
+      Layout(k, width, h, &layers[l]);
+      saved_width += 5 * h;
+      width = h;
+    }
+    OP_REQUIRES(ctx, saved.dims() == 2 && saved.dim_size(0) == n &&
+                         saved.dim_size(1) == saved_width,
+                InvalidArgument("saved must be [", n, ", ", saved_width,
+                                "] (L2lLstmStep's with save=True); got shape ",
+                                saved.shape().DebugString()));
+    OP_REQUIRES(ctx, out_kernel.dims() == 2 && out_kernel.dim_size(0) == width &&
+                         out_kernel.dim_size(1) == 1,
+                InvalidArgument("out_kernel must be [", width,
+                                ", 1]; got shape ",
+                                out_kernel.shape().DebugString()));
+    OP_REQUIRES(ctx, d_updates.dims() == 1 && d_updates.dim_size(0) == n,
+                InvalidArgument("d_updates must be [", n, "]; got shape ",
+                                d_updates.shape().DebugString()));
+
+    // Outputs: d_grads, d_state, d_kernels, d_biases, d_out_kernel,
+    // d_out_bias.
+    Tensor* d_grads = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, grads.shape(), &d_grads));
+    OpOutputList d_state, d_kernels, d_biases;
+    OP_REQUIRES_OK(ctx, ctx->output_list("d_state", &d_state));
+    OP_REQUIRES_OK(ctx, ctx->output_list("d_kernels", &d_kernels));
+    OP_REQUIRES_OK(ctx, ctx->output_list("d_biases", &d_biases));
+    Args args;
+    args.n = n;
+    args.grads = grads.flat<float>().data();
+    args.saved = saved.flat<float>().data();
+    args.saved_width = saved_width;
+    args.d_updates = d_updates.flat<float>().data();
+    args.d_grads = d_grads->flat<float>().data();
+    args.layers = &layers;
+    args.w_out = out_kernel.flat<float>().data();
+    for (int s = 0; s < 2 * num_layers_; ++s) {
+      Tensor* t = nullptr;
+      OP_REQUIRES_OK(ctx, d_state.allocate(s, state[s].shape(), &t));
+      args.state.push_back(state[s].data());
+      args.d_new_state.push_back(d_new_state[s].data());
+      args.d_state.push_back(t->data());
+    }
+    // The weight gradients of each chunk of coordinates: [in, gate_vectors
+    // * 16] and [gate_vectors * 16] a layer, then sum(du h_L) and sum(du).
+    int64_t partial = 0;
+    for (const GradLayer& layer : layers)
+      partial += (layer.in + 1) * layer.gate_vectors * kLanes;
+    partial += width + 1;
+    const int64_t groups = (n + kGroup - 1) / kGroup;
+    const int64_t chunks =
+        std::max<int64_t>(1, std::min<int64_t>(64, groups / 256));
+    std::vector<float, Eigen::aligned_allocator<float>> partials(
+        chunks * partial, 0.0f);
+    args.partials = partials.data();
+    args.partial = partial;
+    if (n > 0) {
+      int64_t flops = 0;
+      for (const GradLayer& layer : layers) flops += 4 * layer.in * 4 * layer.h;
+      auto work = [&](int64_t begin, int64_t end) {
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t first = u * groups / chunks * kGroup;
+          const int64_t last = std::min(n, (u + 1) * groups / chunks * kGroup);
+          if (bfloat16_state_) {
+            Run<bfloat16>(args, first, last, partials.data() + u * partial);
+          } else {
+            Run<float>(args, first, last, partials.data() + u * partial);
+          }
+        }
+      };
+      const auto& workers = *ctx->device()->tensorflow_cpu_worker_threads();
+      workers.workers->ParallelFor(chunks, (groups / chunks) * kGroup *
+                                               (flops + 200), work);
+    }
+    // The chunks' sums, in order.
+    for (int64_t u = 1; u < chunks; ++u) {
+      const float* src = partials.data() + u * partial;
+      float* dst = partials.data();
+      for (int64_t m = 0; m < partial; ++m) dst[m] += src[m];
+    }
+    const float* sum = partials.data();
+    for (int l = 0; l < num_layers_; ++l) {
+      const GradLayer& layer = layers[l];
+      const int row = layer.gate_vectors * kLanes, h4 = 4 * layer.h;
+      Tensor* dk = nullptr;
+      Tensor* db = nullptr;
+      OP_REQUIRES_OK(ctx, d_kernels.allocate(l, kernels[l].shape(), &dk));
+      OP_REQUIRES_OK(ctx, d_biases.allocate(l, TensorShape({h4}), &db));
+      auto k = dk->matrix<float>();
+      for (int i = 0; i < layer.in; ++i)
+        for (int j = 0; j < h4; ++j) k(i, j) = sum[i * row + j];
+      sum += layer.in * row;
+      for (int j = 0; j < h4; ++j) db->flat<float>()(j) = sum[j];
+      sum += row;
+    }
+    Tensor* d_out_kernel = nullptr;
+    Tensor* d_out_bias = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            ctx->num_outputs() - 2, out_kernel.shape(),
+                            &d_out_kernel));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(ctx->num_outputs() - 1,
+                                             TensorShape({1}), &d_out_bias));
+    // (The sums already carry the output scale, with du.)
+    for (int j = 0; j < width; ++j) d_out_kernel->flat<float>()(j) = sum[j];
+    d_out_bias->flat<float>()(0) = sum[width];
+  }
+
+ private:
+  int SavedIndex() const { return 1 + 2 * num_layers_; }
+
+  struct Args {
+    int64_t n;
+    const float* grads;
+    const float* saved;
+    int saved_width;
+    const float* d_updates;
+    float* d_grads;
+    const std::vector<GradLayer>* layers;
+    const float* w_out;
+    std::vector<const void*> state, d_new_state;
+    std::vector<void*> d_state;
+    float* partials;
+    int64_t partial;
+  };
+
+  static void Layout(const Tensor& kernel, int width, int h,
+                     GradLayer* layer) {
+    layer->width = width;
+    layer->h = h;
+    layer->in = width + h;
+    layer->in_vectors = (layer->in + kLanes - 1) / kLanes;
+    layer->gate_vectors = (4 * h + kLanes - 1) / kLanes;
+    const int row = layer->in_vectors * kLanes;
+    layer->wt.assign(static_cast<size_t>(4 * h) * row, 0.0f);
+    auto k = kernel.matrix<float>();
+    for (int j = 0; j < 4 * h; ++j)
+      for (int i = 0; i < layer->in; ++i)
+        layer->wt[static_cast<size_t>(j) * row + i] = k(i, j);
+  }
+
+  // Coordinates [begin, end), their weight gradients added into `partial`.
+  template <typename S>
+  void Run(const Args& args, int64_t begin, int64_t end,
+           float* partial) const {
+    const std::vector<GradLayer>& layers = *args.layers;
+    const int num_layers = static_cast<int>(layers.size());
+    int max_in = 0, max_h = 0, max_row = 0, max_in_row = 0;
+    for (const GradLayer& layer : layers) {
+      max_in = std::max(max_in, layer.in);
+      max_h = std::max(max_h, layer.h);
+      max_row = std::max(max_row, layer.gate_vectors * kLanes);
+      max_in_row = std::max(max_in_row, layer.in_vectors * kLanes);
+    }
+    const int sw = args.saved_width;
+    const int h_last = layers.back().h;
+    typedef std::vector<float, Eigen::aligned_allocator<float>> Buffer;
+    // Per group: the saved activations by quantity, [layer][5][kGroup * h];
+    // c_prev, dh, dc, the layer's new h (the next layer's x); dz by gate and
+    // by coordinate; the layer's inputs [x, h_prev]; dz W^T.
+    Buffer act(num_layers * 5 * kGroup * max_h), c_prev(kGroup * max_h),
+        dh(kGroup * max_h), dc(kGroup * max_h), tmp(kGroup * max_h),
+        dz_gate(4 * kGroup * max_h), dz(kGroup * max_row, 0.0f),
+        x(kGroup * max_in), dx(kGroup * max_in_row);
+    std::vector<int> offsets(num_layers);
+    for (int l = 0, o = 0; l < num_layers; ++l) {
+      offsets[l] = o;
+      o += 5 * layers[l].h;
+    }
+    float* out_sums = partial;
+    for (const GradLayer& layer : layers)
+      out_sums += (layer.in + 1) * layer.gate_vectors * kLanes;
+    for (int64_t start = begin; start < end; start += kGroup) {
+      const int count =
+          static_cast<int>(std::min<int64_t>(kGroup, end - start));
+      // The saved activations, by quantity.
+      for (int l = 0; l < num_layers; ++l) {
+        const int h = layers[l].h;
+        float* a = act.data() + l * 5 * kGroup * max_h;
+        for (int p = 0; p < count; ++p)
+          for (int q = 0; q < 5; ++q)
+            CopyFloats(a + q * kGroup * h + p * h,
+                       args.saved + (start + p) * sw + offsets[l] + q * h, h);
+      }
+      // The output layer: u = scale (h_L . w_out + b_out).
+      {
+        const float* a = act.data() + (num_layers - 1) * 5 * kGroup * max_h;
+        const float* o = a + 3 * kGroup * h_last;
+        const float* tc = a + 4 * kGroup * h_last;
+        LoadState(dh.data(),
+                  static_cast<const S*>(args.d_new_state[2 * num_layers - 2]) +
+                      start * h_last,
+                  count * h_last);
+        for (int p = 0; p < count; ++p) {
+          const float du = args.d_updates[start + p] * output_scale_;
+          for (int j = 0; j < h_last; ++j) {
+            const int m = p * h_last + j;
+            dh[m] += du * args.w_out[j];
+            out_sums[j] += du * (o[m] * tc[m]);
+          }
+          out_sums[h_last] += du;
+        }
+      }
+      float* weight_sums = partial;
+      std::vector<float*> layer_sums(num_layers);
+      for (int l = 0; l < num_layers; ++l) {
+        layer_sums[l] = weight_sums;
+        weight_sums += (layers[l].in + 1) * layers[l].gate_vectors * kLanes;
+      }
+      for (int l = num_layers - 1; l >= 0; --l) {
+        const GradLayer& layer = layers[l];
+        const int h = layer.h, m_end = count * h, hg = kGroup * h;
+        const float* a = act.data() + l * 5 * kGroup * max_h;
+        const float *ai = a, *af = a + hg, *ag = a + 2 * hg, *ao = a + 3 * hg,
+                    *atc = a + 4 * hg;
+        LoadState(c_prev.data(),
+                  static_cast<const S*>(args.state[2 * l + 1]) + start * h,
+                  m_end);
+        LoadState(dc.data(),
+                  static_cast<const S*>(args.d_new_state[2 * l + 1]) +
+                      start * h,
+                  m_end);
+        float *dzi = dz_gate.data(), *dzf = dzi + hg, *dzg = dzf + hg,
+              *dzo = dzg + hg;
+        float* dcp = tmp.data();
+#pragma omp simd
+        for (int m = 0; m < m_end; ++m) {
+          const float i = ai[m], f = af[m], g = ag[m], o = ao[m],
+                      tc = atc[m], d_h = dh[m];
+          const float dct = dc[m] + d_h * o * (1.0f - tc * tc);
+          dzi[m] = dct * g * (i * (1.0f - i));
+          dzf[m] = dct * c_prev[m] * (f * (1.0f - f));
+          dzg[m] = dct * i * (1.0f - g * g);
+          dzo[m] = d_h * tc * (o * (1.0f - o));
+          dcp[m] = dct * f;
+        }
+        StoreState(static_cast<S*>(args.d_state[2 * l + 1]) + start * h, dcp,
+                   m_end);
+        // dz by coordinate: dz[p][q * h + j] (the padding stays zero; a
+        // short group's missing coordinates are zeros).
+        const int row = layer.gate_vectors * kLanes;
+        for (int p = 0; p < kGroup; ++p) {
+          if (p < count) {
+            for (int q = 0; q < 4; ++q)
+              CopyFloats(dz.data() + p * row + q * h,
+                         dz_gate.data() + q * hg + p * h, h);
+          } else {
+            std::memset(dz.data() + p * row, 0, row * sizeof(float));
+          }
+        }
+        InputGradientFor(layer.in_vectors)(layer, dz.data(), dx.data());
+        const int in_row = layer.in_vectors * kLanes;
+        // d h_prev: the state's gradient.
+        for (int p = 0; p < count; ++p)
+          CopyFloats(tmp.data() + p * h, dx.data() + p * in_row + layer.width,
+                     h);
+        StoreState(static_cast<S*>(args.d_state[2 * l]) + start * h,
+                   tmp.data(), m_end);
+        // The layer's inputs [x, h_prev].
+        for (int p = 0; p < kGroup; ++p) {
+          if (p >= count) {
+            std::memset(x.data() + p * layer.in, 0, layer.in * sizeof(float));
+            continue;
+          }
+          LoadState(x.data() + p * layer.in + layer.width,
+                    static_cast<const S*>(args.state[2 * l]) +
+                        (start + p) * h,
+                    h);
+        }
+        if (l > 0) {
+          // x is the layer below's new h, o tanh(c) (unrounded, as the
+          // forward pass used it); dx goes to its dh.
+          const int hb = layers[l - 1].h, hgb = kGroup * hb;
+          const float* below = act.data() + (l - 1) * 5 * kGroup * max_h;
+          LoadState(dh.data(),
+                    static_cast<const S*>(args.d_new_state[2 * l - 2]) +
+                        start * hb,
+                    count * hb);
+          for (int p = 0; p < count; ++p)
+            for (int j = 0; j < hb; ++j) {
+              const int m = p * hb + j;
+              x[p * layer.in + j] = below[3 * hgb + m] * below[4 * hgb + m];
+              dh[m] += dx[p * in_row + j];
+            }
+        } else {
+          Features(args.grads + start, count, x.data(), layer.in);
+          for (int p = 0; p < count; ++p)
+            args.d_grads[start + p] =
+                FeatureGradient(args.grads[start + p], dx.data() + p * in_row);
+        }
+        float* dw = layer_sums[l];
+        WeightGradientFor(layer.gate_vectors)(layer, x.data(), dz.data(), dw,
+                                              dw + layer.in * row);
+      }
+    }
+  }
+
+  // The preprocessed features of `count` gradients into the first columns
+  // of `in` (rows of `stride`), as LstmStepOp::Features.
+  void Features(const float* g, int count, float* in, int stride) const {
+    const float threshold = static_cast<float>(std::exp(-double{p_}));
+    for (int p = 0; p < count; ++p) {
+      if (!log_sign_) {
+        in[p * stride] = g[p];
+        continue;
+      }
+      const float a = std::fabs(g[p]);
+      if (a >= threshold) {
+        in[p * stride] = std::log(a) / p_;
+        in[p * stride + 1] = g[p] > 0.0f ? 1.0f : (g[p] < 0.0f ? -1.0f : 0.0f);
+      } else {
+        in[p * stride] = -1.0f;
+        in[p * stride + 1] = g[p] * static_cast<float>(std::exp(double{p_}));
+      }
+    }
+  }
+
+  // d grad from the features' gradients: log|g| / p has derivative
+  // 1 / (g p), sign(g) 0; below the threshold, -1 has 0 and e^p g has e^p.
+  float FeatureGradient(float g, const float* d_features) const {
+    if (!log_sign_) return d_features[0];
+    const float threshold = static_cast<float>(std::exp(-double{p_}));
+    if (std::fabs(g) >= threshold) return d_features[0] / (g * p_);
+    return d_features[1] * static_cast<float>(std::exp(double{p_}));
+  }
+
+  bool log_sign_ = true;
+  bool bfloat16_state_ = false;
+  float p_ = 10.0f;
+  float output_scale_ = 0.1f;
+  int num_layers_ = 2;
+};
+
 }  // namespace
 
 // The attributes both ops share: the state dtype, the network's shape and
@@ -676,15 +1230,19 @@ REGISTER_OP("L2lLstmStep")
     .Input("out_bias: float")
     .Output("updates: float")
     .Output("new_state: num_state * S")
+    .Output("saved: float")
     L2L_LSTM_ATTRS
+    .Attr("save: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       c->set_output(0, c->input(0));
       int num_state;
       TF_RETURN_IF_ERROR(c->GetAttr("num_state", &num_state));
       for (int s = 0; s < num_state; ++s) c->set_output(1 + s, c->input(1 + s));
+      c->set_output(1 + num_state, c->UnknownShapeOfRank(2));
       return ::tensorflow::OkStatus();
     })
-    .Doc("One step of the coordinatewise LSTM optimizer (l2l_tf).");
+    .Doc("One step of the coordinatewise LSTM optimizer (l2l_tf); with save, "
+         "also the activations its gradient L2lLstmStepGrad needs.");
 
 REGISTER_KERNEL_BUILDER(Name("L2lLstmStep").Device(DEVICE_CPU), LstmStepOp);
 
@@ -705,5 +1263,41 @@ REGISTER_OP("L2lLstmApply")
     .Doc("L2lLstmStep with the state updated in its variables (l2l_tf).");
 
 REGISTER_KERNEL_BUILDER(Name("L2lLstmApply").Device(DEVICE_CPU), LstmApplyOp);
+
+
+REGISTER_OP("L2lLstmStepGrad")
+    .Input("grads: float")
+    .Input("state: num_state * S")
+    .Input("saved: float")
+    .Input("kernels: num_layers * float")
+    .Input("out_kernel: float")
+    .Input("d_updates: float")
+    .Input("d_new_state: num_state * S")
+    .Output("d_grads: float")
+    .Output("d_state: num_state * S")
+    .Output("d_kernels: num_layers * float")
+    .Output("d_biases: num_layers * float")
+    .Output("d_out_kernel: float")
+    .Output("d_out_bias: float")
+    L2L_LSTM_ATTRS
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      int num_state, num_layers;
+      TF_RETURN_IF_ERROR(c->GetAttr("num_state", &num_state));
+      TF_RETURN_IF_ERROR(c->GetAttr("num_layers", &num_layers));
+      int out = 0;
+      c->set_output(out++, c->input(0));
+      for (int s = 0; s < num_state; ++s) c->set_output(out++, c->input(1 + s));
+      for (int l = 0; l < num_layers; ++l)
+        c->set_output(out++, c->input(2 + num_state + l));
+      for (int l = 0; l < num_layers; ++l)
+        c->set_output(out++, c->UnknownShapeOfRank(1));
+      c->set_output(out++, c->input(2 + num_state + num_layers));
+      c->set_output(out++, c->Vector(1));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc("The gradient of L2lLstmStep (l2l_tf).");
+
+REGISTER_KERNEL_BUILDER(Name("L2lLstmStepGrad").Device(DEVICE_CPU),
+                        LstmStepGradOp);
 
 }  // namespace l2l_tf
