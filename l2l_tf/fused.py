@@ -250,6 +250,28 @@ def lstm_step(rule, phi, grads, state, differentiable: bool = False):
     return updates, tuple(new_state)
 
 
+class Differentiable:
+    """`rule` (a CoordinatewiseLSTM) with its step on the fused kernel,
+    differentiable (`lstm_step(..., differentiable=True)`); everything else
+    is `rule`'s. Meta-training unrolls with it."""
+
+    def __init__(self, rule):
+        reason = unsupported_reason(rule)
+        if reason:
+            raise ValueError(f"The fused kernel cannot run {rule!r}: "
+                             f"{reason}.")
+        self.rule = rule
+
+    def step(self, phi, grads, state):
+        return lstm_step(self.rule, phi, grads, state, differentiable=True)
+
+    def __getattr__(self, name):
+        return getattr(self.rule, name)
+
+    def __repr__(self):
+        return f"fused.Differentiable({self.rule!r})"
+
+
 @_ops.RegisterGradient("L2lLstmStep")
 def _lstm_step_grad(op, d_updates, *d_outputs):
     """The gradients of L2lLstmStep's inputs, by L2lLstmStepGrad."""

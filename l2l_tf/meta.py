@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from l2l_tf import (atomic, evaluation, grouped, networks, problems, saved_model,
-                    unroll)
+from l2l_tf import (atomic, evaluation, fused as fused_lib, grouped, networks,
+                    problems, saved_model, unroll)
 
 
 # Config fields added after weights were shipped, with the value that
@@ -346,7 +346,16 @@ class MetaTrainer:
     """Meta-trains a CoordinatewiseLSTM on `config` (see configs/)."""
 
     def __init__(self, config, workdir: str,
-                 strategy: Optional[tf.distribute.Strategy] = None):
+                 strategy: Optional[tf.distribute.Strategy] = None,
+                 fused: Optional[bool] = None):
+        """`fused`: whether the unrolls run the LSTM step, and its gradient,
+        on the fused CPU kernel (l2l_tf.fused). None (the default) takes it
+        where it runs: no GPUs, one CoordinatewiseLSTM with log/sign or no
+        preprocessing and up to 48 units, a C++ compiler. True raises a
+        ValueError naming what stops it; False runs TensorFlow ops."""
+        if fused not in (None, True, False):
+            raise ValueError("`fused` must be None, True or False. "
+                             f"Received: fused={fused!r}")
         validate_config(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)
@@ -377,6 +386,11 @@ class MetaTrainer:
         else:
             self.rule = networks.CoordinatewiseLSTM(**dict(config.network))
         self.val_problem = problems.from_config(config, "validation")
+        self.fused = self._use_fused(fused)
+        # The rule the unrolls step with: the same weights and state, its
+        # step (and gradient) on the fused kernel when self.fused.
+        self.step_rule = (fused_lib.Differentiable(self.rule) if self.fused
+                          else self.rule)
         m = config.meta
         self.unroll_length = m.unroll_length
 
@@ -437,6 +451,21 @@ class MetaTrainer:
         self._val_run = unroll.make_run_fn(self.rule, self.val_problem,
                                            max(self.val_horizons))
 
+    def _use_fused(self, fused: Optional[bool]) -> bool:
+        if fused is False:
+            return False
+        if isinstance(self.rule, networks.CoordinatewiseLSTM):
+            reason = (fused_lib.unsupported_reason(self.rule)
+                      or fused_lib.unavailable_reason())
+        else:
+            reason = "the fused kernel runs one CoordinatewiseLSTM network"
+        if fused is None and reason is None and fused_lib.has_gpus():
+            reason = "GPUs are present (the fused kernel is CPU-only)"
+        if reason and fused:
+            raise ValueError(f"`fused=True`, but the fused kernel cannot run "
+                             f"this meta-training: {reason}.")
+        return reason is None
+
     # -- the compiled meta-iteration ---------------------------------------
 
     def _local_step(self, params, state, task, step0):
@@ -451,7 +480,7 @@ class MetaTrainer:
             new_params, new_state = [], []
             for j in range(self.local_optimizees):
                 loss_j, params_j, state_j = unroll.unroll(
-                    self.rule, self.phi, self.problem, params[j], state[j],
+                    self.step_rule, self.phi, self.problem, params[j], state[j],
                     task[j], step0, self.unroll_length, self.meta_loss)
                 total += loss_j / self.unroll_length
                 new_params.append([tf.stop_gradient(p) for p in params_j])

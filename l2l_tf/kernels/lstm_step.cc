@@ -107,6 +107,17 @@ static inline void CopyFloats(float* dst, const float* src, int count) {
 #endif
 }
 
+// Asks for the cache lines of [p, p + bytes) ahead of their use, into L2
+// (L1 holds the weights). The kernels stream through their inputs, group
+// by group, and the hardware prefetcher falls behind on that many streams:
+// prefetching kAhead groups on made the gradient 1.3x faster.
+constexpr int64_t kAhead = 8;
+static inline void Prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64)
+    __builtin_prefetch(c + off, 0, 2);
+}
+
 static inline float Dot(const float* a, const float* b, int count) {
 #if defined(__AVX512F__)
   __m512 acc = _mm512_setzero_ps();
@@ -215,6 +226,16 @@ static inline __m512 SigmoidAvx512(__m512 x) {
   return _mm512_div_ps(one, _mm512_add_ps(one, _mm512_scalef_ps(y, n)));
 }
 
+// The saved activations are read back only by the gradient, after the
+// whole unroll: whole aligned vectors bypass the cache.
+static inline void StoreAct(float* dst, __mmask16 k, __m512 v) {
+  if (k == 0xffff && (reinterpret_cast<uintptr_t>(dst) & 63) == 0) {
+    _mm512_stream_ps(dst, v);
+  } else {
+    _mm512_mask_storeu_ps(dst, k, v);
+  }
+}
+
 static inline void Cell(const float* gi, const float* gf, const float* gg,
                         const float* go, float* cs, float* hs, int m_end,
                         float* act, int stride) {
@@ -233,11 +254,11 @@ static inline void Cell(const float* gi, const float* gf, const float* gg,
     _mm512_mask_storeu_ps(cs + m, k, cell);
     _mm512_mask_storeu_ps(hs + m, k, _mm512_mul_ps(o, tanh_c));
     if (act) {
-      _mm512_mask_storeu_ps(act + m, k, i);
-      _mm512_mask_storeu_ps(act + stride + m, k, f);
-      _mm512_mask_storeu_ps(act + 2 * stride + m, k, g);
-      _mm512_mask_storeu_ps(act + 3 * stride + m, k, o);
-      _mm512_mask_storeu_ps(act + 4 * stride + m, k, tanh_c);
+      StoreAct(act + m, k, i);
+      StoreAct(act + stride + m, k, f);
+      StoreAct(act + 2 * stride + m, k, g);
+      StoreAct(act + 3 * stride + m, k, o);
+      StoreAct(act + 4 * stride + m, k, tanh_c);
     }
   }
 }
@@ -339,6 +360,16 @@ static GateMatmulFn GateMatmulFor(int vectors) {
 
 // ---------------------------------------------------------------------------
 
+// The saved activations of a step (L2lLstmStep with save, read by its
+// gradient) are [SavedRows(n), sum over layers of 5h] floats, by group of
+// kGroup coordinates as the kernels use them: the group starting at
+// coordinate s holds, from saved[s, 0] on, for each layer l, for each of i,
+// f, g, o and tanh c, the kGroup coordinates' h values (a short last group
+// leaves the rest unwritten).
+static inline int64_t SavedRows(int64_t n) {
+  return (n + kGroup - 1) / kGroup * kGroup;
+}
+
 class LstmStepOp : public OpKernel {
  public:
   explicit LstmStepOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -375,13 +406,15 @@ class LstmStepOp : public OpKernel {
       OP_REQUIRES_OK(ctx, new_state.allocate(s, state[s].shape(), &t));
       out.push_back(t->data());
     }
-    // With `save`, the activations of the backward pass (SavedWidth a
-    // coordinate); else an empty [0, width].
+    // With `save`, the activations of the backward pass (see SavedRows);
+    // else an empty [0, width].
     Tensor* saved = nullptr;
     int64_t width = 0;
     for (const Layer& layer : prepared.layers) width += 5 * layer.h;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            "saved", TensorShape({save_ ? prepared.n : 0, width}),
+                            "saved",
+                            TensorShape({save_ ? SavedRows(prepared.n) : 0,
+                                         width}),
                             &saved));
     if (save_) prepared.saved = saved->flat<float>().data();
     Step(ctx, state, out, &prepared);
@@ -395,7 +428,7 @@ class LstmStepOp : public OpKernel {
     std::vector<float> w_out;
     float b_out = 0.0f;
     Tensor* updates = nullptr;
-    float* saved = nullptr;  // [n, sum of 5h]: i, f, g, o, tanh c a layer.
+    float* saved = nullptr;  // See SavedRows.
   };
 
   // Checks every input's shape (the state's too), lays the weights out and
@@ -539,12 +572,22 @@ class LstmStepOp : public OpKernel {
     // [kGroup, row] and the same by gate, [4, kGroup * h]; c; h.
     std::vector<float, Eigen::aligned_allocator<float>> in(kGroup * max_in),
         pre(kGroup * max_row), gates(4 * kGroup * max_h),
-        c(kGroup * max_h), hid(kGroup * max_h), act(5 * kGroup * max_h);
+        c(kGroup * max_h), hid(kGroup * max_h);
     int saved_width = 0;
     for (const Layer& layer : layers) saved_width += 5 * layer.h;
     for (int64_t start = begin; start < end; start += kGroup) {
       const int count = static_cast<int>(std::min<int64_t>(kGroup,
                                                            end - start));
+      const int64_t next = start + kAhead * kGroup;
+      if (next < end) {
+        const int64_t rows = std::min<int64_t>(kGroup, end - next);
+        Prefetch(args.grads + next, rows * sizeof(float));
+        for (size_t l = 0; l < layers.size(); ++l)
+          for (size_t k = 2 * l; k < 2 * l + 2; ++k)
+            Prefetch(static_cast<const S*>(args.state_in[k]) +
+                         next * layers[l].h,
+                     rows * layers[l].h * sizeof(S));
+      }
       int width = Features(args.grads + start, count, in.data(),
                            layers[0].in);
       int saved_offset = 0;
@@ -579,16 +622,12 @@ class LstmStepOp : public OpKernel {
         const float* go = gg + kGroup * h;
         float* cs = c.data();
         float* hs = hid.data();
-        float* a = args.saved ? act.data() : nullptr;
+        // The activations go straight to their place in `saved`.
+        float* a = args.saved ? args.saved + start * saved_width +
+                                    kGroup * saved_offset
+                              : nullptr;
         Cell(gi, gf, gg, go, cs, hs, m_end, a, kGroup * h);
-        if (a) {  // By coordinate: saved[i, offset + q * h + j].
-          float* row = args.saved + start * saved_width + saved_offset;
-          for (int p = 0; p < count; ++p)
-            for (int q = 0; q < 5; ++q)
-              CopyFloats(row + p * saved_width + q * h,
-                         a + q * kGroup * h + p * h, h);
-          saved_offset += 5 * h;
-        }
+        saved_offset += 5 * h;
         StoreState(static_cast<S*>(args.state_out[2 * l]) + start * h, hs,
                    m_end);
         StoreState(static_cast<S*>(args.state_out[2 * l + 1]) + start * h,
@@ -838,6 +877,9 @@ class LstmStepGradOp : public OpKernel {
     ::tensorflow::DataType dtype;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("S", &dtype));
     bfloat16_state_ = dtype == ::tensorflow::DT_BFLOAT16;
+    // As the TF path's constants: math.exp in double, then float32.
+    threshold_ = static_cast<float>(std::exp(-double{p_}));
+    e_p_ = static_cast<float>(std::exp(double{p_}));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -882,9 +924,10 @@ class LstmStepGradOp : public OpKernel {
       saved_width += 5 * h;
       width = h;
     }
-    OP_REQUIRES(ctx, saved.dims() == 2 && saved.dim_size(0) == n &&
+    OP_REQUIRES(ctx, saved.dims() == 2 && saved.dim_size(0) == SavedRows(n) &&
                          saved.dim_size(1) == saved_width,
-                InvalidArgument("saved must be [", n, ", ", saved_width,
+                InvalidArgument("saved must be [", SavedRows(n), ", ",
+                                saved_width,
                                 "] (L2lLstmStep's with save=True); got shape ",
                                 saved.shape().DebugString()));
     OP_REQUIRES(ctx, out_kernel.dims() == 2 && out_kernel.dim_size(0) == width &&
@@ -926,6 +969,7 @@ class LstmStepGradOp : public OpKernel {
     for (const GradLayer& layer : layers)
       partial += (layer.in + 1) * layer.gate_vectors * kLanes;
     partial += width + 1;
+    partial = (partial + kLanes - 1) / kLanes * kLanes;  // Aligned chunks.
     const int64_t groups = (n + kGroup - 1) / kGroup;
     const int64_t chunks =
         std::max<int64_t>(1, std::min<int64_t>(64, groups / 256));
@@ -1033,10 +1077,9 @@ class LstmStepGradOp : public OpKernel {
     const int sw = args.saved_width;
     const int h_last = layers.back().h;
     typedef std::vector<float, Eigen::aligned_allocator<float>> Buffer;
-    // Per group: the saved activations by quantity, [layer][5][kGroup * h];
-    // c_prev, dh, dc, the layer's new h (the next layer's x); dz by gate and
-    // by coordinate; the layer's inputs [x, h_prev]; dz W^T.
-    Buffer act(num_layers * 5 * kGroup * max_h), c_prev(kGroup * max_h),
+    // Per group: c_prev, dh, dc, a scratch row; dz by gate and by
+    // coordinate; the layer's inputs [x, h_prev]; dz W^T.
+    Buffer c_prev(kGroup * max_h),
         dh(kGroup * max_h), dc(kGroup * max_h), tmp(kGroup * max_h),
         dz_gate(4 * kGroup * max_h), dz(kGroup * max_row, 0.0f),
         x(kGroup * max_in), dx(kGroup * max_in_row);
@@ -1051,18 +1094,26 @@ class LstmStepGradOp : public OpKernel {
     for (int64_t start = begin; start < end; start += kGroup) {
       const int count =
           static_cast<int>(std::min<int64_t>(kGroup, end - start));
-      // The saved activations, by quantity.
-      for (int l = 0; l < num_layers; ++l) {
-        const int h = layers[l].h;
-        float* a = act.data() + l * 5 * kGroup * max_h;
-        for (int p = 0; p < count; ++p)
-          for (int q = 0; q < 5; ++q)
-            CopyFloats(a + q * kGroup * h + p * h,
-                       args.saved + (start + p) * sw + offsets[l] + q * h, h);
+      // The group's saved activations (by layer and quantity).
+      const float* act = args.saved + start * sw;
+      const int64_t next = start + kAhead * kGroup;
+      if (next < end) {
+        const int64_t rows = std::min<int64_t>(kGroup, end - next);
+        Prefetch(args.saved + next * sw, rows * sw * sizeof(float));
+        for (int l = 0; l < num_layers; ++l) {
+          const int64_t bytes = rows * layers[l].h * sizeof(S);
+          for (int k = 2 * l; k < 2 * l + 2; ++k) {
+            Prefetch(static_cast<const S*>(args.state[k]) + next * layers[l].h,
+                     bytes);
+            Prefetch(static_cast<const S*>(args.d_new_state[k]) +
+                         next * layers[l].h,
+                     bytes);
+          }
+        }
       }
       // The output layer: u = scale (h_L . w_out + b_out).
       {
-        const float* a = act.data() + (num_layers - 1) * 5 * kGroup * max_h;
+        const float* a = act + kGroup * offsets[num_layers - 1];
         const float* o = a + 3 * kGroup * h_last;
         const float* tc = a + 4 * kGroup * h_last;
         LoadState(dh.data(),
@@ -1088,7 +1139,7 @@ class LstmStepGradOp : public OpKernel {
       for (int l = num_layers - 1; l >= 0; --l) {
         const GradLayer& layer = layers[l];
         const int h = layer.h, m_end = count * h, hg = kGroup * h;
-        const float* a = act.data() + l * 5 * kGroup * max_h;
+        const float* a = act + kGroup * offsets[l];
         const float *ai = a, *af = a + hg, *ag = a + 2 * hg, *ao = a + 3 * hg,
                     *atc = a + 4 * hg;
         LoadState(c_prev.data(),
@@ -1149,7 +1200,7 @@ class LstmStepGradOp : public OpKernel {
           // x is the layer below's new h, o tanh(c) (unrounded, as the
           // forward pass used it); dx goes to its dh.
           const int hb = layers[l - 1].h, hgb = kGroup * hb;
-          const float* below = act.data() + (l - 1) * 5 * kGroup * max_h;
+          const float* below = act + kGroup * offsets[l - 1];
           LoadState(dh.data(),
                     static_cast<const S*>(args.d_new_state[2 * l - 2]) +
                         start * hb,
@@ -1176,19 +1227,18 @@ class LstmStepGradOp : public OpKernel {
   // The preprocessed features of `count` gradients into the first columns
   // of `in` (rows of `stride`), as LstmStepOp::Features.
   void Features(const float* g, int count, float* in, int stride) const {
-    const float threshold = static_cast<float>(std::exp(-double{p_}));
     for (int p = 0; p < count; ++p) {
       if (!log_sign_) {
         in[p * stride] = g[p];
         continue;
       }
       const float a = std::fabs(g[p]);
-      if (a >= threshold) {
+      if (a >= threshold_) {
         in[p * stride] = std::log(a) / p_;
         in[p * stride + 1] = g[p] > 0.0f ? 1.0f : (g[p] < 0.0f ? -1.0f : 0.0f);
       } else {
         in[p * stride] = -1.0f;
-        in[p * stride + 1] = g[p] * static_cast<float>(std::exp(double{p_}));
+        in[p * stride + 1] = g[p] * e_p_;
       }
     }
   }
@@ -1197,15 +1247,15 @@ class LstmStepGradOp : public OpKernel {
   // 1 / (g p), sign(g) 0; below the threshold, -1 has 0 and e^p g has e^p.
   float FeatureGradient(float g, const float* d_features) const {
     if (!log_sign_) return d_features[0];
-    const float threshold = static_cast<float>(std::exp(-double{p_}));
-    if (std::fabs(g) >= threshold) return d_features[0] / (g * p_);
-    return d_features[1] * static_cast<float>(std::exp(double{p_}));
+    if (std::fabs(g) >= threshold_) return d_features[0] / (g * p_);
+    return d_features[1] * e_p_;
   }
 
   bool log_sign_ = true;
   bool bfloat16_state_ = false;
   float p_ = 10.0f;
   float output_scale_ = 0.1f;
+  float threshold_ = 0.0f, e_p_ = 1.0f;
   int num_layers_ = 2;
 };
 
