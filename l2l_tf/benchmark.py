@@ -413,15 +413,19 @@ def _load_config(src: str, name: str, overrides: Optional[dict]):
 
 
 def measure_meta(src: str, config_name: str, repeats: int = 5,
-                 overrides: Optional[dict] = None) -> dict:
+                 overrides: Optional[dict] = None,
+                 fused: Optional[bool] = None) -> dict:
     """Median time of one meta-iteration (MetaTrainer._meta_step) of
-    `src`/configs/`config_name`.py, with dotted `overrides`."""
+    `src`/configs/`config_name`.py, with dotted `overrides`; `fused` is
+    passed to the trainer unless None (trees before the fused gradient do
+    not take it)."""
     import tensorflow as tf
     from l2l_tf import meta
 
     config = _load_config(src, config_name, overrides)
+    kwargs = {} if fused is None else {"fused": fused}
     with tempfile.TemporaryDirectory() as workdir:
-        trainer = meta.MetaTrainer(config, workdir)
+        trainer = meta.MetaTrainer(config, workdir, **kwargs)
         params, state, task = trainer.draw(0)
         lr = tf.constant(trainer.learning_rate(0), tf.float32)
         step0 = tf.constant(0)
@@ -437,6 +441,7 @@ def measure_meta(src: str, config_name: str, repeats: int = 5,
             "network": dict(config.network),
             "optimizee_macs_per_step": optimizee_macs_per_step(
                 trainer.problem),
+            "fused": bool(getattr(trainer, "fused", False)),
             "peak_rss_bytes": _peak_rss_bytes(),
         }
 
@@ -475,6 +480,11 @@ def _package_src() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(l2l_tf.__file__)))
 
 
+# The meta-iteration's rows: the baseline tree, the current tree as it runs
+# by default (the fused kernel where it runs) and on TensorFlow ops.
+META_TREES = ("baseline", "current", "current_tfops")
+
+
 def add_bounds(result: dict) -> dict:
     """Adds bounds and ratios (time / bound, time / Adam, baseline / current)
     to a result of `run` in place, and returns it."""
@@ -504,7 +514,7 @@ def add_bounds(result: dict) -> dict:
                 k: ratio(row["baseline"][k]["seconds"], v["seconds"])
                 for k, v in row["current"].items() if k in row["baseline"]}
     for row in result["meta"]:
-        for tree in ("current", "baseline"):
+        for tree in META_TREES:
             r = row.get(tree)
             if not r:
                 continue
@@ -520,6 +530,9 @@ def add_bounds(result: dict) -> dict:
         if "baseline" in row:
             row["speedup"] = ratio(row["baseline"]["seconds"],
                                    row["current"]["seconds"])
+            if "current_tfops" in row:
+                row["speedup_tfops"] = ratio(row["baseline"]["seconds"],
+                                             row["current_tfops"]["seconds"])
     p = result.get("profile")
     if p:
         p["matmul_share_of_square_rate"] = p["matmul_flops_per_s"] / fps
@@ -607,6 +620,11 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
             row[tree] = measure(tree_src, "measure_meta", tree_src, name,
                                 repeats=repeats, overrides=meta_overrides)
             log(f"meta {name} {tree}: {row[tree]}")
+        if tfops:
+            row["current_tfops"] = measure(
+                src, "measure_meta", src, name, repeats=repeats,
+                overrides=meta_overrides, fused=False)
+            log(f"meta {name} current_tfops: {row['current_tfops']}")
         result["meta"].append(row)
     if profile_size:
         result["profile"] = measure(src, "measure_profile", profile_size,
@@ -678,13 +696,15 @@ def format_table(result: dict) -> str:
               f"{'bound ms':>8} {'t/bound':>7} {'speedup':>7} {'traces':>6} "
               f"{'peak GiB':>8}"]
     for row in result["meta"]:
-        for tree in ("baseline", "current"):
+        for tree in META_TREES:
             r = row.get(tree)
             if not r:
                 continue
-            speed = row.get("speedup") if tree == "current" else None
+            speed = {"current": row.get("speedup"),
+                     "current_tfops": row.get("speedup_tfops")}.get(tree)
+            label = {"current_tfops": "tf ops"}.get(tree, tree)
             lines.append(
-                f"{row['config']:<10} {tree:<8} {r['coordinates']:>8,} "
+                f"{row['config']:<10} {label:<8} {r['coordinates']:>8,} "
                 f"{r['seconds'] * 1e3:>9.1f} "
                 f"{_fmt(_ms(r.get('cpu_seconds')), '8.1f')} "
                 f"{r['bound_seconds'] * 1e3:>8.1f} "

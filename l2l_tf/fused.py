@@ -6,9 +6,13 @@ computes the same step, for each group of coordinates through the whole
 network at once, with the weights in L1 (BUILD.md has the measurements).
 It computes what `step` computes, to float32 rounding (tested), for the
 preprocessors "log_sign" and "none", hidden sizes up to 48 and float32 or
-bfloat16 state; it has no gradient, so it serves the Keras optimizer's update,
-where `L2lLstmApply` also writes the new state into the state variables in
-place. Meta-training and evaluation run the TensorFlow ops.
+bfloat16 state. It serves the Keras optimizer's update, where
+`L2lLstmApply` also writes the new state into the state variables in
+place, and meta-training: with `save=True` (`lstm_step(...,
+differentiable=True)`) the step keeps its gates and tanh(c), from which
+`L2lLstmStepGrad` computes the gradients of its inputs (registered as its
+gradient, so a GradientTape differentiates it). Evaluation runs the
+TensorFlow ops.
 
 The kernel is compiled from source on first use, against the installed
 TensorFlow, for this machine's processor (`-march=native`), with the C++
