@@ -550,6 +550,7 @@ def add_bounds(result: dict) -> dict:
 
 # `--quick`: a smoke test of every row in seconds (tests run it in-process).
 QUICK = dict(sizes=(2000,), meta_configs=("quadratic",), matmul_size=256,
+             meta_rounds=1,
              profile_size=2000,
              copy_mb=8, meta_overrides={"meta.unroll_length": 2,
                                         "meta.run_length": 2})
@@ -563,7 +564,7 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
         state_dtypes: Sequence[Optional[str]] = (None,),
         jit: Sequence[bool] = (False, True),
         profile_size: Optional[int] = 1_000_000,
-        tfops: bool = True,
+        tfops: bool = True, meta_rounds: int = 3,
         log: Callable[[str], None] = lambda msg: None) -> dict:
     """Runs the whole benchmark; returns the result with bounds and ratios.
 
@@ -575,7 +576,14 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
     current tree only); None: no profile.
     tfops: also time the current tree's learned rows on the TensorFlow ops
     (`fused=False`), next to the default (the fused kernel where it runs).
+    meta_rounds: rounds of the meta-iteration rows, each measuring every
+    tree once in turn; a row reports its median round (this machine's speed
+    drifts by 1.5x within minutes, so alternating is what makes the trees
+    comparable).
     """
+    if not (isinstance(meta_rounds, int) and meta_rounds >= 1):
+        raise ValueError("`meta_rounds` must be a positive integer. "
+                         f"Received: meta_rounds={meta_rounds!r}")
     src = _package_src()
     isolate = isolate or baseline_src is not None
 
@@ -615,16 +623,21 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
             row[f"{tree}_peak_rss_bytes"] = peak
         result["update"].append(row)
     for name in meta_configs:
-        row = {"config": name}
-        for tree, tree_src in trees:
-            row[tree] = measure(tree_src, "measure_meta", tree_src, name,
-                                repeats=repeats, overrides=meta_overrides)
-            log(f"meta {name} {tree}: {row[tree]}")
+        variants = [(tree, tree_src, {}) for tree, tree_src in trees]
         if tfops:
-            row["current_tfops"] = measure(
-                src, "measure_meta", src, name, repeats=repeats,
-                overrides=meta_overrides, fused=False)
-            log(f"meta {name} current_tfops: {row['current_tfops']}")
+            variants.append(("current_tfops", src, {"fused": False}))
+        runs = {tree: [] for tree, _, _ in variants}
+        for _ in range(meta_rounds):
+            for tree, tree_src, extra in variants:
+                runs[tree].append(measure(
+                    tree_src, "measure_meta", tree_src, name,
+                    repeats=repeats, overrides=meta_overrides, **extra))
+                log(f"meta {name} {tree}: {runs[tree][-1]}")
+        row = {"config": name}
+        for tree, outs in runs.items():
+            ranked = sorted(outs, key=lambda r: r["seconds"])
+            row[tree] = dict(ranked[(len(ranked) - 1) // 2],
+                             rounds_seconds=[r["seconds"] for r in outs])
         result["meta"].append(row)
     if profile_size:
         result["profile"] = measure(src, "measure_profile", profile_size,

@@ -130,6 +130,12 @@ def test_quick_run_measures_every_row():
     assert meta["current"]["coordinates"] == 1280
     assert meta["current"]["traces"] == 1
     assert meta["current"]["macs"] == (3 * 4980 * 1280 * 2 + 64_000 * 2)
+    # The default (the fused kernel and its gradient where they run) and
+    # the TF-ops row, the same counts.
+    assert meta["current"]["fused"] == (fused.unavailable_reason() is None)
+    assert meta["current_tfops"]["fused"] is False
+    assert meta["current_tfops"]["macs"] == meta["current"]["macs"]
+    assert meta["current"]["rounds_seconds"] == [meta["current"]["seconds"]]
     profile = result["profile"]
     assert profile["coordinates"] == 2000
     assert profile["matmul_macs"] == 2000 * 5140
@@ -158,3 +164,29 @@ def test_quick_run_measures_every_row():
     table = benchmark.format_table(result)
     assert "learned" in table and "quadratic" in table
     assert "its matmuls alone" in table and "fused, in place" in table
+
+
+def test_meta_rows_report_their_median_round(monkeypatch):
+    """Each round times every tree in turn; a row is its median round."""
+    seconds = iter([0.5, 0.9, 0.2, 0.4, 0.6, 0.8])
+    calls = []
+
+    def fake_meta(src, name, repeats, overrides, fused=None):
+        calls.append(fused)
+        return {"seconds": next(seconds), "coordinates": 10,
+                "unroll_length": 2, "optimizee_macs_per_step": 0,
+                "network": {"hidden_sizes": [20, 20]}}
+
+    monkeypatch.setattr(benchmark, "measure_meta", fake_meta)
+    monkeypatch.setattr(benchmark, "measure_ceilings", lambda *a: {
+        "matmul_flops_per_s": 1e9, "copy_bytes_per_s": 1e9})
+    result = benchmark.run(sizes=(), meta_configs=("quadratic",),
+                           isolate=False, profile_size=None, meta_rounds=3)
+    (row,) = result["meta"]
+    # Rounds: (current, tf ops) = (0.5, 0.9), (0.2, 0.4), (0.6, 0.8).
+    assert calls == [None, False] * 3
+    assert row["current"]["rounds_seconds"] == [0.5, 0.2, 0.6]
+    assert row["current"]["seconds"] == 0.5
+    assert row["current_tfops"]["seconds"] == 0.8
+    with pytest.raises(ValueError, match="meta_rounds"):
+        benchmark.run(sizes=(), meta_configs=(), meta_rounds=0)

@@ -42,6 +42,10 @@ _PROFILE = flags.DEFINE_integer(
     "profile_size", 1_000_000,
     "Coordinates of the LSTM step profile (its matmuls alone, one "
     "element-wise pass); 0: no profile.")
+_META_ROUNDS = flags.DEFINE_integer(
+    "meta_rounds", 3,
+    "Rounds of the meta-iteration rows, each timing every tree in turn; a "
+    "row reports its median round.")
 _TFOPS = flags.DEFINE_bool(
     "tfops", True,
     "Also time the learned optimizer on TensorFlow ops (fused=False), next "
@@ -62,7 +66,8 @@ def main(argv):
                   isolate=_ISOLATE.value, jit=jit,
                   state_dtypes=[d for d in _STATE_DTYPES.value if d],
                   profile_size=_PROFILE.value or None,
-                  tfops=_TFOPS.value, log=logging.info)
+                  tfops=_TFOPS.value, meta_rounds=_META_ROUNDS.value,
+                  log=logging.info)
     if _QUICK.value:
         kwargs.update(benchmark.QUICK)
     result = benchmark.run(**kwargs)

@@ -37,6 +37,13 @@ _STRATEGY = flags.DEFINE_enum(
     "tf.distribute strategy: 'default' (one device), 'mirrored' (all local "
     "GPUs, or the CPU if there are none) or 'multi_worker' (the cluster in "
     "TF_CONFIG).")
+_FUSED = flags.DEFINE_enum(
+    "fused", "auto", ["auto", "on", "off"],
+    "Whether the unrolls run the LSTM step and its gradient on the fused CPU "
+    "kernel (l2l_tf.fused): 'auto' where it runs (no GPUs, a supported "
+    "network, a C++ compiler), 'on' (an error where it cannot), 'off' "
+    "(TensorFlow ops). Changes float32 rounding only; a run may resume "
+    "with another setting.")
 _UNTIL = flags.DEFINE_integer(
     "until", None,
     "Stop after the checkpoint at this iteration (a multiple of "
@@ -70,7 +77,9 @@ def main(argv):
     if until is not None:
         _cli.checked(meta.check_until, config, until)
     strategy = make_strategy(_STRATEGY.value)
-    trainer = meta.MetaTrainer(config, _WORKDIR.value, strategy=strategy)
+    fused = {"auto": None, "on": True, "off": False}[_FUSED.value]
+    trainer = _cli.checked(meta.MetaTrainer, config, _WORKDIR.value,
+                           strategy=strategy, fused=fused)
     _cli.checked(trainer.check_workdir)  # Another experiment's checkpoints.
     result = trainer.train(until=until)
     if until is not None and result.iterations < config.meta.num_iterations:

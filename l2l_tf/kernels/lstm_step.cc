@@ -1088,9 +1088,14 @@ class LstmStepGradOp : public OpKernel {
       offsets[l] = o;
       o += 5 * layers[l].h;
     }
+    // In `partial`: each layer's [in, row] and [row] sums, then the output
+    // layer's.
+    std::vector<float*> layer_sums(num_layers);
     float* out_sums = partial;
-    for (const GradLayer& layer : layers)
-      out_sums += (layer.in + 1) * layer.gate_vectors * kLanes;
+    for (int l = 0; l < num_layers; ++l) {
+      layer_sums[l] = out_sums;
+      out_sums += (layers[l].in + 1) * layers[l].gate_vectors * kLanes;
+    }
     for (int64_t start = begin; start < end; start += kGroup) {
       const int count =
           static_cast<int>(std::min<int64_t>(kGroup, end - start));
@@ -1129,12 +1134,6 @@ class LstmStepGradOp : public OpKernel {
           }
           out_sums[h_last] += du;
         }
-      }
-      float* weight_sums = partial;
-      std::vector<float*> layer_sums(num_layers);
-      for (int l = 0; l < num_layers; ++l) {
-        layer_sums[l] = weight_sums;
-        weight_sums += (layers[l].in + 1) * layers[l].gate_vectors * kLanes;
       }
       for (int l = num_layers - 1; l >= 0; --l) {
         const GradLayer& layer = layers[l];
