@@ -317,7 +317,8 @@ def test_a_damaged_cached_library_is_rebuilt(tmp_path):
 
 def test_portable_path_without_avx512(tmp_path):
     """The kernel built without AVX-512 (its plain C++ path, which machines
-    without AVX-512 run) computes the same step as the TF ops."""
+    without AVX-512 run) computes the same step, and the same gradient, as
+    the TF ops."""
     code = (
         "import numpy as np, tensorflow as tf\n"
         "from l2l_tf import fused, networks\n"
@@ -338,6 +339,21 @@ def test_portable_path_without_avx512(tmp_path):
         "        np.testing.assert_allclose(tf.cast(a, tf.float32),\n"
         "                                   tf.cast(b, tf.float32),\n"
         "                                   rtol=2.0 ** -7, atol=1e-6)\n"
+        "    # The gradient (float32 state): phi's and the state's.\n"
+        "    if dtype == tf.bfloat16: continue\n"
+        "    grads = []\n"
+        "    for step in (rule.step, lambda p, g, s: fused.lstm_step(\n"
+        "            rule, p, g, s, differentiable=True)):\n"
+        "        v = {k: tf.Variable(x) for k, x in phi.items()}\n"
+        "        with tf.GradientTape() as tape:\n"
+        "            tape.watch(s)\n"
+        "            u, ns = step(v, g, s)\n"
+        "            loss = tf.reduce_sum(u * u) + sum(\n"
+        "                tf.reduce_sum(x * x) for x in ns)\n"
+        "        grads.append(tape.gradient(loss, [*s, *v.values()]))\n"
+        "    for a, b in zip(*grads):\n"
+        "        np.testing.assert_allclose(b, a, rtol=1e-4,\n"
+        "            atol=1e-5 * float(np.max(np.abs(a))))\n"
         "print('same')\n")
     env = dict(os.environ, L2L_TF_KERNEL_CACHE=str(tmp_path / "cache"),
                L2L_TF_KERNEL_FLAGS="-mno-avx512f", PYTHONPATH=REPO)

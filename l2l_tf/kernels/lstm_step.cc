@@ -1077,11 +1077,11 @@ class LstmStepGradOp : public OpKernel {
     const int sw = args.saved_width;
     const int h_last = layers.back().h;
     typedef std::vector<float, Eigen::aligned_allocator<float>> Buffer;
-    // Per group: c_prev, dh, dc, a scratch row; dz by gate and by
-    // coordinate; the layer's inputs [x, h_prev]; dz W^T.
+    // Per group: c_prev, dh, dc, a scratch row; dz by coordinate; the
+    // layer's inputs [x, h_prev]; dz W^T.
     Buffer c_prev(kGroup * max_h),
         dh(kGroup * max_h), dc(kGroup * max_h), tmp(kGroup * max_h),
-        dz_gate(4 * kGroup * max_h), dz(kGroup * max_row, 0.0f),
+        dz(kGroup * max_row, 0.0f),
         x(kGroup * max_in), dx(kGroup * max_in_row);
     std::vector<int> offsets(num_layers);
     for (int l = 0, o = 0; l < num_layers; ++l) {
@@ -1148,34 +1148,33 @@ class LstmStepGradOp : public OpKernel {
                   static_cast<const S*>(args.d_new_state[2 * l + 1]) +
                       start * h,
                   m_end);
-        float *dzi = dz_gate.data(), *dzf = dzi + hg, *dzg = dzf + hg,
-              *dzo = dzg + hg;
         float* dcp = tmp.data();
+        // dz straight into rows by coordinate, dz[p][q * h + j] (the
+        // padding stays zero; a short group's missing coordinates are
+        // zeros).
+        const int row = layer.gate_vectors * kLanes;
+        for (int p = 0; p < kGroup; ++p) {
+          if (p >= count) {
+            std::memset(dz.data() + p * row, 0, row * sizeof(float));
+            continue;
+          }
+          float* dzp = dz.data() + p * row;
+          const int o0 = p * h;
 #pragma omp simd
-        for (int m = 0; m < m_end; ++m) {
-          const float i = ai[m], f = af[m], g = ag[m], o = ao[m],
-                      tc = atc[m], d_h = dh[m];
-          const float dct = dc[m] + d_h * o * (1.0f - tc * tc);
-          dzi[m] = dct * g * (i * (1.0f - i));
-          dzf[m] = dct * c_prev[m] * (f * (1.0f - f));
-          dzg[m] = dct * i * (1.0f - g * g);
-          dzo[m] = d_h * tc * (o * (1.0f - o));
-          dcp[m] = dct * f;
+          for (int j = 0; j < h; ++j) {
+            const int m = o0 + j;
+            const float i = ai[m], f = af[m], g = ag[m], o = ao[m],
+                        tc = atc[m], d_h = dh[m];
+            const float dct = dc[m] + d_h * o * (1.0f - tc * tc);
+            dzp[j] = dct * g * (i * (1.0f - i));
+            dzp[h + j] = dct * c_prev[m] * (f * (1.0f - f));
+            dzp[2 * h + j] = dct * i * (1.0f - g * g);
+            dzp[3 * h + j] = d_h * tc * (o * (1.0f - o));
+            dcp[m] = dct * f;
+          }
         }
         StoreState(static_cast<S*>(args.d_state[2 * l + 1]) + start * h, dcp,
                    m_end);
-        // dz by coordinate: dz[p][q * h + j] (the padding stays zero; a
-        // short group's missing coordinates are zeros).
-        const int row = layer.gate_vectors * kLanes;
-        for (int p = 0; p < kGroup; ++p) {
-          if (p < count) {
-            for (int q = 0; q < 4; ++q)
-              CopyFloats(dz.data() + p * row + q * h,
-                         dz_gate.data() + q * hg + p * h, h);
-          } else {
-            std::memset(dz.data() + p * row, 0, row * sizeof(float));
-          }
-        }
         InputGradientFor(layer.in_vectors)(layer, dz.data(), dx.data());
         const int in_row = layer.in_vectors * kLanes;
         // d h_prev: the state's gradient.
