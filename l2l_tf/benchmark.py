@@ -480,6 +480,16 @@ def _package_src() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(l2l_tf.__file__)))
 
 
+def paired_speedup(baseline: dict, current: dict) -> Optional[float]:
+    """baseline / current time: the median over rounds of the ratio within
+    each round (measured a minute apart, so the machine's drift cancels),
+    where both rows have the same rounds; else the ratio of their times."""
+    a, b = baseline.get("rounds_seconds"), current.get("rounds_seconds")
+    if a and b and len(a) == len(b):
+        return float(np.median([ratio(x, y) for x, y in zip(a, b)]))
+    return ratio(baseline["seconds"], current["seconds"])
+
+
 # The meta-iteration's rows: the baseline tree, the current tree as it runs
 # by default (the fused kernel where it runs) and on TensorFlow ops.
 META_TREES = ("baseline", "current", "current_tfops")
@@ -528,11 +538,10 @@ def add_bounds(result: dict) -> dict:
             r["bound_seconds"] = bound_seconds(macs, nbytes, fps, bps)
             r["time_over_bound"] = ratio(r["seconds"], r["bound_seconds"])
         if "baseline" in row:
-            row["speedup"] = ratio(row["baseline"]["seconds"],
-                                   row["current"]["seconds"])
+            row["speedup"] = paired_speedup(row["baseline"], row["current"])
             if "current_tfops" in row:
-                row["speedup_tfops"] = ratio(row["baseline"]["seconds"],
-                                             row["current_tfops"]["seconds"])
+                row["speedup_tfops"] = paired_speedup(row["baseline"],
+                                                      row["current_tfops"])
     p = result.get("profile")
     if p:
         p["matmul_share_of_square_rate"] = p["matmul_flops_per_s"] / fps

@@ -188,5 +188,11 @@ def test_meta_rows_report_their_median_round(monkeypatch):
     assert row["current"]["rounds_seconds"] == [0.5, 0.2, 0.6]
     assert row["current"]["seconds"] == 0.5
     assert row["current_tfops"]["seconds"] == 0.8
+    # Paired within rounds: the median of 0.5/0.9, 0.2/0.4 and 0.6/0.8.
+    assert benchmark.paired_speedup(
+        {"rounds_seconds": [0.5, 0.2, 0.6]},
+        {"rounds_seconds": [0.9, 0.4, 0.8]}) == pytest.approx(0.6 / 0.8)
+    assert benchmark.paired_speedup({"seconds": 2.0},
+                                    {"seconds": 0.5}) == 4.0
     with pytest.raises(ValueError, match="meta_rounds"):
         benchmark.run(sizes=(), meta_configs=(), meta_rounds=0)
