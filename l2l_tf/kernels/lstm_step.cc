@@ -309,15 +309,19 @@ struct Layer {
   std::vector<float, Eigen::aligned_allocator<float>> bias;  // [vectors*16]
 };
 
-// out[p, :] = bias + in[p, :] w for P coordinates: the gate pre-activations.
+// out[p, :] = bias + in[p, :rows] w for P coordinates, w [rows, V*16]
+// (bias null: 0), the rows of `in` `stride` floats apart, of `out` V*16:
+// the forward pass's gate pre-activations, and the gradient's dz W^T.
 template <int V, int P>
-static inline void GateMatmul(const Layer& layer, const float* in, float* out) {
+static inline void RowsTimesWeights(const float* weights, int rows,
+                                    const float* bias, const float* in,
+                                    int stride, float* out) {
   vec acc[P][V];
-  const vec* b = reinterpret_cast<const vec*>(layer.bias.data());
   for (int p = 0; p < P; ++p)
-    for (int v = 0; v < V; ++v) acc[p][v] = b[v];
-  const vec* w = reinterpret_cast<const vec*>(layer.w.data());
-  for (int k = 0; k < layer.in; ++k, w += V) {
+    for (int v = 0; v < V; ++v)
+      acc[p][v] = bias ? reinterpret_cast<const vec*>(bias)[v] : vec{};
+  const vec* w = reinterpret_cast<const vec*>(weights);
+  for (int k = 0; k < rows; ++k, w += V) {
     vec row[V];
     for (int v = 0; v < V; ++v) {
       row[v] = w[v];
@@ -328,7 +332,7 @@ static inline void GateMatmul(const Layer& layer, const float* in, float* out) {
 #endif
     }
     for (int p = 0; p < P; ++p) {
-      const float s = in[p * layer.in + k];
+      const float s = in[p * stride + k];
       for (int v = 0; v < V; ++v) acc[p][v] += s * row[v];
     }
   }
@@ -338,23 +342,27 @@ static inline void GateMatmul(const Layer& layer, const float* in, float* out) {
 }
 
 template <int V>
-static inline void GateMatmulGroup(const Layer& layer, const float* in,
-                                   float* out) {
+static inline void GroupTimesWeights(const float* weights, int rows,
+                                     const float* bias, const float* in,
+                                     int stride, float* out) {
   // Up to 24 accumulators: four coordinates a pass while a padded row has at
   // most 5 vectors (h <= 20), two up to 10 (h <= 40), then one.
   constexpr int P = V <= 5 ? 4 : (V <= 10 ? 2 : 1);
   for (int p = 0; p < kGroup; p += P)
-    GateMatmul<V, P>(layer, in + p * layer.in, out + p * V * kLanes);
+    RowsTimesWeights<V, P>(weights, rows, bias, in + p * stride, stride,
+                           out + p * V * kLanes);
 }
 
-typedef void (*GateMatmulFn)(const Layer&, const float*, float*);
+typedef void (*MatmulFn)(const float*, int, const float*, const float*, int,
+                         float*);
 
-static GateMatmulFn GateMatmulFor(int vectors) {
-  static const GateMatmulFn fns[kMaxVectors] = {
-      GateMatmulGroup<1>, GateMatmulGroup<2>,  GateMatmulGroup<3>,
-      GateMatmulGroup<4>, GateMatmulGroup<5>,  GateMatmulGroup<6>,
-      GateMatmulGroup<7>, GateMatmulGroup<8>,  GateMatmulGroup<9>,
-      GateMatmulGroup<10>, GateMatmulGroup<11>, GateMatmulGroup<12>};
+// GroupTimesWeights for rows of `vectors` vectors.
+static MatmulFn MatmulFor(int vectors) {
+  static const MatmulFn fns[kMaxVectors] = {
+      GroupTimesWeights<1>,  GroupTimesWeights<2>,  GroupTimesWeights<3>,
+      GroupTimesWeights<4>,  GroupTimesWeights<5>,  GroupTimesWeights<6>,
+      GroupTimesWeights<7>,  GroupTimesWeights<8>,  GroupTimesWeights<9>,
+      GroupTimesWeights<10>, GroupTimesWeights<11>, GroupTimesWeights<12>};
   return fns[vectors - 1];
 }
 
@@ -609,7 +617,8 @@ class LstmStepOp : public OpKernel {
           }
         }
         LoadState(c.data(), c_prev, count * h);
-        GateMatmulFor(layer.vectors)(layer, in.data(), pre.data());
+        MatmulFor(layer.vectors)(layer.w.data(), layer.in, layer.bias.data(),
+                                 in.data(), layer.in, pre.data());
         // By gate: gates[g][p * h + j] = pre[p][g * h + j].
         for (int g = 0; g < 4; ++g)
           for (int p = 0; p < kGroup; ++p)
@@ -765,43 +774,6 @@ struct GradLayer {
   std::vector<float, Eigen::aligned_allocator<float>> wt;  // [4h, in_vectors*16]
 };
 
-// dx[p, :] = dz[p, :] W^T for P coordinates (rows of `dz` gate_vectors*16
-// long, of `dx` V*16 long).
-template <int V, int P>
-static inline void InputGradient(const GradLayer& layer, const float* dz,
-                                 float* dx) {
-  vec acc[P][V];
-  for (int p = 0; p < P; ++p)
-    for (int v = 0; v < V; ++v) acc[p][v] = vec{};
-  const vec* w = reinterpret_cast<const vec*>(layer.wt.data());
-  const int dz_row = layer.gate_vectors * kLanes;
-  for (int j = 0; j < 4 * layer.h; ++j, w += V) {
-    vec row[V];
-    for (int v = 0; v < V; ++v) {
-      row[v] = w[v];
-#if defined(__AVX512F__)
-      __asm__("" : "+v"(row[v]));
-#endif
-    }
-    for (int p = 0; p < P; ++p) {
-      const float s = dz[p * dz_row + j];
-      for (int v = 0; v < V; ++v) acc[p][v] += s * row[v];
-    }
-  }
-  for (int p = 0; p < P; ++p)
-    for (int v = 0; v < V; ++v)
-      *reinterpret_cast<uvec*>(dx + (p * V + v) * kLanes) = acc[p][v];
-}
-
-template <int V>
-static inline void InputGradientGroup(const GradLayer& layer, const float* dz,
-                                      float* dx) {
-  constexpr int P = V <= 5 ? 4 : (V <= 10 ? 2 : 1);
-  for (int p = 0; p < kGroup; p += P)
-    InputGradient<V, P>(layer, dz + p * layer.gate_vectors * kLanes,
-                        dx + p * V * kLanes);
-}
-
 // dw[k, :] += sum_p x[p, k] dz[p, :] and db += sum_p dz[p, :], the kGroup
 // coordinates' dz held in registers (rows of dz and dw V*16 long).
 template <int V>
@@ -836,18 +808,8 @@ static inline void WeightGradientGroup(const GradLayer& layer, const float* x,
   }
 }
 
-typedef void (*InputGradientFn)(const GradLayer&, const float*, float*);
 typedef void (*WeightGradientFn)(const GradLayer&, const float*, const float*,
                                  float*, float*);
-
-static InputGradientFn InputGradientFor(int vectors) {
-  static const InputGradientFn fns[kMaxVectors] = {
-      InputGradientGroup<1>,  InputGradientGroup<2>,  InputGradientGroup<3>,
-      InputGradientGroup<4>,  InputGradientGroup<5>,  InputGradientGroup<6>,
-      InputGradientGroup<7>,  InputGradientGroup<8>,  InputGradientGroup<9>,
-      InputGradientGroup<10>, InputGradientGroup<11>, InputGradientGroup<12>};
-  return fns[vectors - 1];
-}
 
 static WeightGradientFn WeightGradientFor(int vectors) {
   static const WeightGradientFn fns[kMaxVectors] = {
@@ -1175,7 +1137,8 @@ class LstmStepGradOp : public OpKernel {
         }
         StoreState(static_cast<S*>(args.d_state[2 * l + 1]) + start * h, dcp,
                    m_end);
-        InputGradientFor(layer.in_vectors)(layer, dz.data(), dx.data());
+        MatmulFor(layer.in_vectors)(layer.wt.data(), 4 * h, nullptr,
+                                    dz.data(), row, dx.data());
         const int in_row = layer.in_vectors * kLanes;
         // d h_prev: the state's gradient.
         for (int p = 0; p < count; ++p)
