@@ -368,6 +368,66 @@ static MatmulFn MatmulFor(int vectors) {
 
 // ---------------------------------------------------------------------------
 
+// The network's attributes, as both ops read them, and its preprocessing.
+struct Network {
+  bool log_sign = true;
+  bool bfloat16_state = false;
+  float p = 10.0f;
+  float output_scale = 0.1f;
+  int num_layers = 2;
+  // As the TF path's constants: math.exp in double, then float32.
+  float threshold = 0.0f;  // e^-p
+  float e_p = 1.0f;        // e^p
+
+  void Read(OpKernelConstruction* ctx) {
+    std::string preprocess;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("preprocess", &preprocess));
+    log_sign = preprocess == "log_sign";
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("p", &p));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("output_scale", &output_scale));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_layers", &num_layers));
+    int num_state;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_state", &num_state));
+    OP_REQUIRES(ctx, num_state == 2 * num_layers,
+                InvalidArgument("num_state must be 2 * num_layers (h and c "
+                                "of each layer); got ", num_state, " and ",
+                                num_layers));
+    ::tensorflow::DataType dtype;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("S", &dtype));
+    bfloat16_state = dtype == ::tensorflow::DT_BFLOAT16;
+    threshold = static_cast<float>(std::exp(-double{p}));
+    e_p = static_cast<float>(std::exp(double{p}));
+  }
+
+  // Writes the preprocessed gradients of `count` coordinates into the first
+  // columns of `in` (rows of `stride`); returns the feature width.
+  int Features(const float* g, int count, float* in, int stride) const {
+    if (!log_sign) {
+      for (int k = 0; k < count; ++k) in[k * stride] = g[k];
+      return 1;
+    }
+    for (int k = 0; k < count; ++k) {
+      const float a = std::fabs(g[k]);
+      if (a >= threshold) {
+        in[k * stride] = std::log(a) / p;
+        in[k * stride + 1] = g[k] > 0.0f ? 1.0f : (g[k] < 0.0f ? -1.0f : 0.0f);
+      } else {
+        in[k * stride] = -1.0f;
+        in[k * stride + 1] = g[k] * e_p;
+      }
+    }
+    return 2;
+  }
+
+  // d grad from the features' gradients: log|g| / p has derivative
+  // 1 / (g p), sign(g) 0; below the threshold, -1 has 0 and e^p g has e^p.
+  float FeatureGradient(float g, const float* d_features) const {
+    if (!log_sign) return d_features[0];
+    if (std::fabs(g) >= threshold) return d_features[0] / (g * p);
+    return d_features[1] * e_p;
+  }
+};
+
 // The saved activations of a step (L2lLstmStep with save, read by its
 // gradient) are [SavedRows(n), sum over layers of 5h] floats, by group of
 // kGroup coordinates as the kernels use them: the group starting at
@@ -381,21 +441,7 @@ static inline int64_t SavedRows(int64_t n) {
 class LstmStepOp : public OpKernel {
  public:
   explicit LstmStepOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string preprocess;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("preprocess", &preprocess));
-    log_sign_ = preprocess == "log_sign";
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("p", &p_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("output_scale", &output_scale_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_layers", &num_layers_));
-    int num_state;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_state", &num_state));
-    OP_REQUIRES(ctx, num_state == 2 * num_layers_,
-                InvalidArgument("num_state must be 2 * num_layers (h and c "
-                                "of each layer); got ", num_state, " and ",
-                                num_layers_));
-    ::tensorflow::DataType dtype;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("S", &dtype));
-    bfloat16_state_ = dtype == ::tensorflow::DT_BFLOAT16;
+    net_.Read(ctx);
     if (ctx->HasAttr("save")) OP_REQUIRES_OK(ctx, ctx->GetAttr("save", &save_));
   }
 
@@ -409,7 +455,7 @@ class LstmStepOp : public OpKernel {
     OpOutputList new_state;
     OP_REQUIRES_OK(ctx, ctx->output_list("new_state", &new_state));
     std::vector<void*> out;
-    for (int s = 0; s < 2 * num_layers_; ++s) {
+    for (int s = 0; s < 2 * net_.num_layers; ++s) {
       Tensor* t = nullptr;
       OP_REQUIRES_OK(ctx, new_state.allocate(s, state[s].shape(), &t));
       out.push_back(t->data());
@@ -455,9 +501,9 @@ class LstmStepOp : public OpKernel {
     const Tensor& out_kernel = ctx->input(ctx->num_inputs() - 2);
     const Tensor& out_bias = ctx->input(ctx->num_inputs() - 1);
     prepared->n = n;
-    prepared->layers.resize(num_layers_);
-    int width = log_sign_ ? 2 : 1;
-    for (int l = 0; l < num_layers_; ++l) {
+    prepared->layers.resize(net_.num_layers);
+    int width = net_.log_sign ? 2 : 1;
+    for (int l = 0; l < net_.num_layers; ++l) {
       const Tensor& k = kernels[l];
       if (!(k.dims() == 2 && k.dim_size(1) % 4 == 0 &&
             k.dim_size(0) == width + k.dim_size(1) / 4))
@@ -477,10 +523,10 @@ class LstmStepOp : public OpKernel {
         if (!(t.dims() == 2 && t.dim_size(0) == n && t.dim_size(1) == h))
           return InvalidArgument("state[", 2 * l + s, "] must be [", n, ", ",
                                  h, "]; got shape ", t.shape().DebugString());
-        if (t.dtype() != (bfloat16_state_ ? ::tensorflow::DT_BFLOAT16
+        if (t.dtype() != (net_.bfloat16_state ? ::tensorflow::DT_BFLOAT16
                                           : ::tensorflow::DT_FLOAT))
           return InvalidArgument("state[", 2 * l + s, "] must be ",
-                                 bfloat16_state_ ? "bfloat16" : "float32",
+                                 net_.bfloat16_state ? "bfloat16" : "float32",
                                  "; got ",
                                  ::tensorflow::DataTypeString(t.dtype()));
       }
@@ -497,8 +543,8 @@ class LstmStepOp : public OpKernel {
     // The output scale folded into the output weights, as the TF path does.
     prepared->w_out.resize(width);
     for (int j = 0; j < width; ++j)
-      prepared->w_out[j] = output_scale_ * out_kernel.flat<float>()(j);
-    prepared->b_out = output_scale_ * out_bias.flat<float>()(0);
+      prepared->w_out[j] = net_.output_scale * out_kernel.flat<float>()(j);
+    prepared->b_out = net_.output_scale * out_bias.flat<float>()(0);
     return ctx->allocate_output(0, grads.shape(), &prepared->updates);
   }
 
@@ -516,7 +562,7 @@ class LstmStepOp : public OpKernel {
     args.w_out = prepared->w_out.data();
     args.b_out = prepared->b_out;
     args.saved = prepared->saved;
-    for (int s = 0; s < 2 * num_layers_; ++s) {
+    for (int s = 0; s < 2 * net_.num_layers; ++s) {
       args.state_in.push_back(state[s].data());
       args.state_out.push_back(out[s]);
     }
@@ -525,7 +571,7 @@ class LstmStepOp : public OpKernel {
     for (const Layer& layer : prepared->layers)
       flops += 2 * layer.in * 4 * layer.h;
     auto work = [&](int64_t begin, int64_t end) {
-      if (bfloat16_state_) {
+      if (net_.bfloat16_state) {
         Run<bfloat16>(args, begin * kGroup, std::min(n, end * kGroup));
       } else {
         Run<float>(args, begin * kGroup, std::min(n, end * kGroup));
@@ -596,7 +642,7 @@ class LstmStepOp : public OpKernel {
                          next * layers[l].h,
                      rows * layers[l].h * sizeof(S));
       }
-      int width = Features(args.grads + start, count, in.data(),
+      int width = net_.Features(args.grads + start, count, in.data(),
                            layers[0].in);
       int saved_offset = 0;
       for (size_t l = 0; l < layers.size(); ++l) {
@@ -660,35 +706,8 @@ class LstmStepOp : public OpKernel {
 #endif
   }
 
-  // Writes the preprocessed gradients of `count` coordinates into the first
-  // columns of `in` (rows of `stride`); returns the feature width.
-  int Features(const float* g, int count, float* in, int stride) const {
-    if (!log_sign_) {
-      for (int p = 0; p < count; ++p) in[p * stride] = g[p];
-      return 1;
-    }
-    // As the TF path's constants: math.exp in double, then float32.
-    const float threshold = static_cast<float>(std::exp(-double{p_}));
-    const float e_p = static_cast<float>(std::exp(double{p_}));
-    for (int p = 0; p < count; ++p) {
-      const float a = std::fabs(g[p]);
-      if (a >= threshold) {
-        in[p * stride] = std::log(a) / p_;
-        in[p * stride + 1] = g[p] > 0.0f ? 1.0f : (g[p] < 0.0f ? -1.0f : 0.0f);
-      } else {
-        in[p * stride] = -1.0f;
-        in[p * stride + 1] = g[p] * e_p;
-      }
-    }
-    return 2;
-  }
-
-  bool log_sign_ = true;
-  bool bfloat16_state_ = false;
+  Network net_;
   bool save_ = false;
-  float p_ = 10.0f;
-  float output_scale_ = 0.1f;
-  int num_layers_ = 2;
 };
 
 // The same step, written into the state variables themselves: no new state
@@ -700,7 +719,7 @@ class LstmApplyOp : public LstmStepOp {
   explicit LstmApplyOp(OpKernelConstruction* ctx) : LstmStepOp(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const int num_state = 2 * num_layers_;
+    const int num_state = 2 * net_.num_layers;
     std::vector<::tensorflow::core::RefCountPtr<::tensorflow::Var>> vars(
         num_state);
     for (int s = 0; s < num_state; ++s) {
@@ -825,23 +844,7 @@ static WeightGradientFn WeightGradientFor(int vectors) {
 class LstmStepGradOp : public OpKernel {
  public:
   explicit LstmStepGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string preprocess;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("preprocess", &preprocess));
-    log_sign_ = preprocess == "log_sign";
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("p", &p_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("output_scale", &output_scale_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_layers", &num_layers_));
-    int num_state;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_state", &num_state));
-    OP_REQUIRES(ctx, num_state == 2 * num_layers_,
-                InvalidArgument("num_state must be 2 * num_layers; got ",
-                                num_state, " and ", num_layers_));
-    ::tensorflow::DataType dtype;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("S", &dtype));
-    bfloat16_state_ = dtype == ::tensorflow::DT_BFLOAT16;
-    // As the TF path's constants: math.exp in double, then float32.
-    threshold_ = static_cast<float>(std::exp(-double{p_}));
-    e_p_ = static_cast<float>(std::exp(double{p_}));
+    net_.Read(ctx);
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -855,11 +858,11 @@ class LstmStepGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->input_list("kernels", &kernels));
     OP_REQUIRES_OK(ctx, ctx->input_list("d_new_state", &d_new_state));
     const Tensor& saved = ctx->input(SavedIndex());
-    const Tensor& out_kernel = ctx->input(SavedIndex() + num_layers_ + 1);
-    const Tensor& d_updates = ctx->input(SavedIndex() + num_layers_ + 2);
-    std::vector<GradLayer> layers(num_layers_);
-    int width = log_sign_ ? 2 : 1, saved_width = 0;
-    for (int l = 0; l < num_layers_; ++l) {
+    const Tensor& out_kernel = ctx->input(SavedIndex() + net_.num_layers + 1);
+    const Tensor& d_updates = ctx->input(SavedIndex() + net_.num_layers + 2);
+    std::vector<GradLayer> layers(net_.num_layers);
+    int width = net_.log_sign ? 2 : 1, saved_width = 0;
+    for (int l = 0; l < net_.num_layers; ++l) {
       const Tensor& k = kernels[l];
       OP_REQUIRES(ctx, k.dims() == 2 && k.dim_size(1) % 4 == 0 &&
                            k.dim_size(0) == width + k.dim_size(1) / 4,
@@ -918,7 +921,7 @@ class LstmStepGradOp : public OpKernel {
     args.d_grads = d_grads->flat<float>().data();
     args.layers = &layers;
     args.w_out = out_kernel.flat<float>().data();
-    for (int s = 0; s < 2 * num_layers_; ++s) {
+    for (int s = 0; s < 2 * net_.num_layers; ++s) {
       Tensor* t = nullptr;
       OP_REQUIRES_OK(ctx, d_state.allocate(s, state[s].shape(), &t));
       args.state.push_back(state[s].data());
@@ -946,7 +949,7 @@ class LstmStepGradOp : public OpKernel {
         for (int64_t u = begin; u < end; ++u) {
           const int64_t first = u * groups / chunks * kGroup;
           const int64_t last = std::min(n, (u + 1) * groups / chunks * kGroup);
-          if (bfloat16_state_) {
+          if (net_.bfloat16_state) {
             Run<bfloat16>(args, first, last, partials.data() + u * partial);
           } else {
             Run<float>(args, first, last, partials.data() + u * partial);
@@ -964,7 +967,7 @@ class LstmStepGradOp : public OpKernel {
       for (int64_t m = 0; m < partial; ++m) dst[m] += src[m];
     }
     const float* sum = partials.data();
-    for (int l = 0; l < num_layers_; ++l) {
+    for (int l = 0; l < net_.num_layers; ++l) {
       const GradLayer& layer = layers[l];
       const int row = layer.gate_vectors * kLanes, h4 = 4 * layer.h;
       Tensor* dk = nullptr;
@@ -991,7 +994,7 @@ class LstmStepGradOp : public OpKernel {
   }
 
  private:
-  int SavedIndex() const { return 1 + 2 * num_layers_; }
+  int SavedIndex() const { return 1 + 2 * net_.num_layers; }
 
   struct Args {
     int64_t n;
@@ -1088,7 +1091,7 @@ class LstmStepGradOp : public OpKernel {
                       start * h_last,
                   count * h_last);
         for (int p = 0; p < count; ++p) {
-          const float du = args.d_updates[start + p] * output_scale_;
+          const float du = args.d_updates[start + p] * net_.output_scale;
           for (int j = 0; j < h_last; ++j) {
             const int m = p * h_last + j;
             dh[m] += du * args.w_out[j];
@@ -1173,10 +1176,10 @@ class LstmStepGradOp : public OpKernel {
               dh[m] += dx[p * in_row + j];
             }
         } else {
-          Features(args.grads + start, count, x.data(), layer.in);
+          net_.Features(args.grads + start, count, x.data(), layer.in);
           for (int p = 0; p < count; ++p)
             args.d_grads[start + p] =
-                FeatureGradient(args.grads[start + p], dx.data() + p * in_row);
+                net_.FeatureGradient(args.grads[start + p], dx.data() + p * in_row);
         }
         float* dw = layer_sums[l];
         WeightGradientFor(layer.gate_vectors)(layer, x.data(), dz.data(), dw,
@@ -1185,39 +1188,7 @@ class LstmStepGradOp : public OpKernel {
     }
   }
 
-  // The preprocessed features of `count` gradients into the first columns
-  // of `in` (rows of `stride`), as LstmStepOp::Features.
-  void Features(const float* g, int count, float* in, int stride) const {
-    for (int p = 0; p < count; ++p) {
-      if (!log_sign_) {
-        in[p * stride] = g[p];
-        continue;
-      }
-      const float a = std::fabs(g[p]);
-      if (a >= threshold_) {
-        in[p * stride] = std::log(a) / p_;
-        in[p * stride + 1] = g[p] > 0.0f ? 1.0f : (g[p] < 0.0f ? -1.0f : 0.0f);
-      } else {
-        in[p * stride] = -1.0f;
-        in[p * stride + 1] = g[p] * e_p_;
-      }
-    }
-  }
-
-  // d grad from the features' gradients: log|g| / p has derivative
-  // 1 / (g p), sign(g) 0; below the threshold, -1 has 0 and e^p g has e^p.
-  float FeatureGradient(float g, const float* d_features) const {
-    if (!log_sign_) return d_features[0];
-    if (std::fabs(g) >= threshold_) return d_features[0] / (g * p_);
-    return d_features[1] * e_p_;
-  }
-
-  bool log_sign_ = true;
-  bool bfloat16_state_ = false;
-  float p_ = 10.0f;
-  float output_scale_ = 0.1f;
-  float threshold_ = 0.0f, e_p_ = 1.0f;
-  int num_layers_ = 2;
+  Network net_;
 };
 
 }  // namespace
