@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from l2l_tf import fused, meta, networks
-from tests.test_fused import _grads, _phi, _random_state
+from tests.test_fused import NETWORKS, _grads, _phi, _random_state
 from tests.test_meta import tiny_quadratic_config
 
 pytestmark = pytest.mark.skipif(
@@ -37,17 +37,21 @@ def _weights(rule, n, seed=3):
             for s in shapes]
 
 
+def _assert_close(got, want):
+    """Float32 gradients summed over many coordinates: within 1e-4, or
+    1e-5 of the largest entry."""
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-4,
+                                   atol=1e-5 * float(np.max(np.abs(w))))
+
+
 def _fused_step(rule):
     return lambda phi, g, s: fused.lstm_step(rule, phi, g, s,
                                              differentiable=True)
 
 
-@pytest.mark.parametrize("network", [
-    {},  # The paper's: 2 x 20, log/sign.
-    {"hidden_sizes": [40]},
-    {"hidden_sizes": [7, 13, 5], "preprocess": "none", "output_scale": 0.5},
-    {"hidden_sizes": [48, 3], "preprocess_p": 5.0},
-])
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("n", [0, 1, 5, 1003])
 def test_same_gradient_as_tensorflow_ops(network, n):
     """With respect to the gradients (through log/sign, on both sides of
@@ -95,9 +99,7 @@ def test_gradient_through_an_unroll():
         results.append((loss, tape.gradient(loss, list(variables.values()))))
     (want_loss, want), (got_loss, got) = results
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-4,
-                                   atol=1e-5 * float(np.max(np.abs(w))))
+    _assert_close(got, want)
 
 
 def test_bfloat16_state_gradient():
@@ -115,10 +117,7 @@ def test_bfloat16_state_gradient():
         assert g.dtype == tf.bfloat16
         g, w = (tf.cast(x, tf.float32).numpy() for x in (g, w))
         np.testing.assert_allclose(g, w, rtol=2 ** -7, atol=1e-6)
-    for g, w in zip(got[5:], want[5:]):
-        assert g.dtype == tf.float32
-        np.testing.assert_allclose(g, w, rtol=1e-4,
-                                   atol=1e-5 * float(np.max(np.abs(w))))
+    _assert_close(got[5:], want[5:])
 
 
 def test_gradient_does_not_depend_on_the_threads():
@@ -135,9 +134,7 @@ def test_gradient_does_not_depend_on_the_threads():
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     want = _gradients(rule.step, rule, phi, grads, state, weights)
-    for g, w in zip(first[5:], want[5:]):
-        np.testing.assert_allclose(g, w, rtol=1e-4,
-                                   atol=1e-5 * float(np.max(np.abs(w))))
+    _assert_close(first[5:], want[5:])
 
 
 def test_a_step_without_saved_activations_says_how_to_differentiate():
