@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from l2l_tf import atomic, networks, problems, saved_model, unroll
+from l2l_tf import fused as fused_lib
 from l2l_tf.problems import base
 
 TRAIN_SEED_BASE = 0
@@ -147,7 +148,8 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
              num_seeds: int = 10, num_tuning_seeds: int = 5,
              baselines: Sequence[str] = networks.BASELINES,
              learning_rates: Optional[Sequence[float]] = None,
-             state_dtype: str = "float32") -> dict:
+             state_dtype: str = "float32",
+             fused: Optional[bool] = None) -> dict:
     """Runs the evaluation protocol of the module doc.
 
     Args:
@@ -161,6 +163,10 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
       learning_rates: the tuning grid (default: `lr_grid()`).
       state_dtype: the dtype of the learned optimizers' state between steps
         ("float32" or "bfloat16", as LearnedOptimizer's `state_dtype`).
+      fused: whether the learned optimizers step on the fused CPU kernel
+        (`fused.choose`: None where it runs, as LearnedOptimizer does; True
+        raises a ValueError, before any run, for one it cannot run). Their
+        entries' "fused" says which ran on it.
 
     Returns:
       A JSON-ready dict: per optimizer and horizon, the learning rate, the
@@ -170,6 +176,9 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
         raise ValueError(f"`state_dtype` must be one of "
                          f"{networks.STATE_DTYPES}. "
                          f"Received: state_dtype={state_dtype!r}")
+    on_kernel = {name: fused_lib.choose(rule, fused, state_dtype,
+                                        what=f"the evaluation of {name!r}")
+                 for name, (rule, _) in learned.items()}
     test_problem = test_problem or problem
     horizons = sorted(int(h) for h in horizons)
     learning_rates = list(learning_rates or lr_grid())
@@ -205,9 +214,11 @@ def evaluate(problem: base.Problem, test_problem: Optional[base.Problem],
         logging.info("Evaluating %s on %d seeds.", name, num_seeds)
         phi_t = {k: tf.constant(v) for k, v in phi.items()}
         curves = run_curves(unroll.make_run_fn(rule, test_problem, num_steps,
-                                               tf.as_dtype(state_dtype)),
+                                               tf.as_dtype(state_dtype),
+                                               fused=on_kernel[name]),
                             phi_t, report_seeds)
         record(name, curves, {h: 1.0 for h in horizons})
+        results["optimizers"][name]["fused"] = on_kernel[name]
 
     for name in baselines:
         rule = networks.get(name)
@@ -345,7 +356,8 @@ def problem_kwargs(config) -> dict:
 def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
                     = None, extra: Optional[dict] = None,
                     title: Optional[str] = None,
-                    state_dtype: str = "float32") -> dict:
+                    state_dtype: str = "float32",
+                    fused: Optional[bool] = None) -> dict:
     """Evaluates exported weights on the problem of `config` (test split).
 
     The problem is config.problem with `problem_kwargs(config)`: the
@@ -363,6 +375,8 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
       title: the figures' title (default: the problem's name and split).
       state_dtype: the learned optimizers' state dtype ("float32" or
         "bfloat16"); the baselines are unaffected.
+      fused: whether the learned optimizers step on the fused CPU kernel (as
+        `evaluate`'s).
     """
     e = config.evaluation
     learned = {}
@@ -376,6 +390,7 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
                        num_seeds=e.num_seeds,
                        num_tuning_seeds=e.num_tuning_seeds,
                        baselines=e.baselines, state_dtype=state_dtype,
+                       fused=fused,
                        learning_rates=list(grid) or None)
     results["problem"] = config.problem
     results["split"] = "test"

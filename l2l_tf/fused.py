@@ -11,8 +11,9 @@ bfloat16 state. It serves the Keras optimizer's update, where
 place, and meta-training: with `save=True` (`lstm_step(...,
 differentiable=True)`) the step keeps its gates and tanh(c), from which
 `L2lLstmStepGrad` computes the gradients of its inputs (registered as its
-gradient, so a GradientTape differentiates it). Evaluation runs the
-TensorFlow ops.
+gradient, so a GradientTape differentiates it). Validation and
+evaluation runs (`unroll.make_run_fn`) step with it too (`Forward`);
+`choose` decides, for all of them, whether a run takes it.
 
 The kernel is compiled from source on first use, against the installed
 TensorFlow, for this machine's processor (`-march=native`), with the C++
@@ -225,6 +226,29 @@ def has_gpus() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+def choose(rule, fused: Optional[bool], state_dtype=tf.float32,
+           what: str = "this run") -> bool:
+    """Whether `what` steps `rule` on the fused kernel.
+
+    `fused`: None takes it where it runs (a supported CoordinatewiseLSTM,
+    the kernel built, no GPUs, where the TensorFlow ops would run on them);
+    True takes it or raises a ValueError that says why it cannot; False
+    never takes it.
+    """
+    if fused not in (None, True, False):
+        raise ValueError("`fused` must be None (where it runs), True or "
+                         f"False. Received: fused={fused!r}")
+    if fused is False:
+        return False
+    reason = (unsupported_reason(rule, state_dtype) or unavailable_reason())
+    if fused is None and reason is None and has_gpus():
+        reason = "GPUs are present (the fused kernel is CPU-only)"
+    if reason and fused:
+        raise ValueError(f"`fused=True`, but the fused kernel cannot run "
+                         f"{what}: {reason}.")
+    return reason is None
+
+
 def _weights_and_attrs(rule, phi):
     """The ops' weight inputs (kernels, biases, output kernel and bias) and
     the network's attributes, the same for both ops."""
@@ -254,26 +278,38 @@ def lstm_step(rule, phi, grads, state, differentiable: bool = False):
     return updates, tuple(new_state)
 
 
-class Differentiable:
-    """`rule` (a CoordinatewiseLSTM) with its step on the fused kernel,
-    differentiable (`lstm_step(..., differentiable=True)`); everything else
-    is `rule`'s. Meta-training unrolls with it."""
+class Forward:
+    """`rule` (a CoordinatewiseLSTM) with its step on the fused kernel
+    (`lstm_step`); everything else is `rule`'s. Validation and evaluation
+    runs step with it. Its step cannot be differentiated: `Differentiable`
+    can."""
 
-    def __init__(self, rule):
-        reason = unsupported_reason(rule)
+    differentiable = False
+
+    def __init__(self, rule, state_dtype=tf.float32):
+        reason = unsupported_reason(rule, state_dtype)
         if reason:
             raise ValueError(f"The fused kernel cannot run {rule!r}: "
                              f"{reason}.")
         self.rule = rule
 
     def step(self, phi, grads, state):
-        return lstm_step(self.rule, phi, grads, state, differentiable=True)
+        return lstm_step(self.rule, phi, grads, state,
+                         differentiable=self.differentiable)
 
     def __getattr__(self, name):
         return getattr(self.rule, name)
 
     def __repr__(self):
-        return f"fused.Differentiable({self.rule!r})"
+        return f"fused.{type(self).__name__}({self.rule!r})"
+
+
+class Differentiable(Forward):
+    """`rule` with its step on the fused kernel, differentiable
+    (`lstm_step(..., differentiable=True)`). Meta-training unrolls with
+    it."""
+
+    differentiable = True
 
 
 @_ops.RegisterGradient("L2lLstmStep")

@@ -386,7 +386,8 @@ class MetaTrainer:
         else:
             self.rule = networks.CoordinatewiseLSTM(**dict(config.network))
         self.val_problem = problems.from_config(config, "validation")
-        self.fused = self._use_fused(fused)
+        self.fused = fused_lib.choose(self.rule, fused,
+                                       what="this meta-training")
         # The rule the unrolls step with: the same weights and state, its
         # step (and gradient) on the fused kernel when self.fused.
         self.step_rule = (fused_lib.Differentiable(self.rule) if self.fused
@@ -449,22 +450,8 @@ class MetaTrainer:
         self.val_horizons = tuple(field(config, "validation.horizons")) or (
             config.validation.horizon,)
         self._val_run = unroll.make_run_fn(self.rule, self.val_problem,
-                                           max(self.val_horizons))
-
-    def _use_fused(self, fused: Optional[bool]) -> bool:
-        if fused is False:
-            return False
-        if isinstance(self.rule, networks.CoordinatewiseLSTM):
-            reason = (fused_lib.unsupported_reason(self.rule)
-                      or fused_lib.unavailable_reason())
-        else:
-            reason = "the fused kernel runs one CoordinatewiseLSTM network"
-        if fused is None and reason is None and fused_lib.has_gpus():
-            reason = "GPUs are present (the fused kernel is CPU-only)"
-        if reason and fused:
-            raise ValueError(f"`fused=True`, but the fused kernel cannot run "
-                             f"this meta-training: {reason}.")
-        return reason is None
+                                           max(self.val_horizons),
+                                           fused=self.fused)
 
     # -- the compiled meta-iteration ---------------------------------------
 

@@ -142,12 +142,8 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             raise ValueError("`fused` must be None (where it runs), True or "
                              f"False. Received: fused={fused!r}")
         rule, phi = self._resolve(weights, network)
-        if fused:
-            why = (fused_lib.unsupported_reason(rule, state_dtype)
-                   or fused_lib.unavailable_reason())
-            if why:
-                raise ValueError(f"`fused=True`, but the fused kernel cannot "
-                                 f"run this optimizer: {why}.")
+        if fused:  # Raises where the kernel cannot run it.
+            fused_lib.choose(rule, True, state_dtype, what="this optimizer")
         parsed_routes = _parse_routes(routes)
         super().__init__(
             learning_rate=learning_rate,

@@ -10,6 +10,7 @@ from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
+from l2l_tf import fused as fused_lib
 from l2l_tf import networks
 from l2l_tf.problems import base
 
@@ -87,7 +88,8 @@ META_LOSSES = {
 
 
 def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
-                num_steps: int, state_dtype=tf.float32):
+                num_steps: int, state_dtype=tf.float32,
+                fused: Optional[bool] = None):
     """A compiled `run(phi, seed) -> losses [num_steps + 1]`.
 
     Trains a fresh optimizee drawn with `seed` for `num_steps` steps and
@@ -95,11 +97,18 @@ def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
     tf.while_loop, so long runs trace quickly; phi and seed are tensors, so
     new learning rates or seeds never retrace. `state_dtype`: the dtype the
     rule's state is kept in between steps (bfloat16 for a learned rule, as
-    `LearnedOptimizer(state_dtype="bfloat16")` keeps it).
+    `LearnedOptimizer(state_dtype="bfloat16")` keeps it). `fused`: whether
+    a CoordinatewiseLSTM steps on the fused CPU kernel, as
+    `fused.choose` decides (None: where it runs, as LearnedOptimizer does);
+    `run.fused` says whether it does.
     """
 
     if hasattr(rule, "bind"):  # Grouped networks: assign coordinates.
         rule = rule.bind(problem)
+    on_kernel = fused_lib.choose(rule, fused, state_dtype,
+                                 what=f"runs of {rule!r}")
+    if on_kernel:
+        rule = fused_lib.Forward(rule, state_dtype)
 
     @tf.function(reduce_retracing=True)
     def _run(phi, params, task):
@@ -126,4 +135,5 @@ def make_run_fn(rule: networks.UpdateRule, problem: base.Problem,
         return _run(phi, params, task)
 
     run.experimental_get_tracing_count = _run.experimental_get_tracing_count
+    run.fused = on_kernel
     return run

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2l_tf import fused, networks, saved_model
+from l2l_tf import (evaluation, fused, networks, problems, saved_model,
+                    unroll)
 from l2l_tf.optimizer import LearnedOptimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,6 +261,85 @@ def test_model_fit_fused_equals_tensorflow_ops():
         atol = 1e-5 if state_dtype == "float32" else 1e-3
         for a, b in zip(w_f, w_t):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
+
+
+# ---------------------------------------------------------------------------
+# Validation and evaluation runs.
+
+
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
+def test_runs_on_the_kernel_equal_tensorflow_ops(state_dtype, monkeypatch):
+    """unroll.make_run_fn and evaluation.evaluate step on the kernel by
+    default, to the TF ops' losses; one trace for every seed."""
+    traced = []
+    step = fused.Forward.step
+    monkeypatch.setattr(fused.Forward, "step",
+                        lambda self, *args: traced.append(1) or step(self, *args))
+    problem = problems.Quadratic(dim=10, num_functions=4)
+    rule, phi, _ = saved_model.load("quadratic")
+    dtype = tf.as_dtype(state_dtype)
+    on_kernel = unroll.make_run_fn(rule, problem, 20, dtype)
+    on_ops = unroll.make_run_fn(rule, problem, 20, dtype, fused=False)
+    assert on_kernel.fused and not on_ops.fused
+    phi_t = {k: tf.constant(v) for k, v in phi.items()}
+    seeds = evaluation.seeds(evaluation.TEST_SEED_BASE, 3)  # evaluate's.
+    got = evaluation.run_curves(on_kernel, phi_t, seeds)
+    want = evaluation.run_curves(on_ops, phi_t, seeds)
+    assert on_kernel.experimental_get_tracing_count() == 1
+    assert len(traced) == 1  # The kernel run's one trace; none for on_ops.
+    assert np.all(np.isfinite(want)) and want[:, -1].mean() < want[:, 0].mean()
+    # The same step to float32 rounding (test_same_step_as_tensorflow_ops:
+    # along these trajectories, updates within 6e-8); the trajectories then
+    # amplify the rounding (measured: 2e-7 over the first 5 steps, up to
+    # 7e-3 from step 6, where TF's own graph and eager runs differ by 4e-5).
+    np.testing.assert_allclose(
+        got[:, :6], want[:, :6],
+        rtol=2e-5 if state_dtype == "float32" else 2e-4)
+    np.testing.assert_allclose(got, want, rtol=5e-2)
+    for fused_arg in (None, False):
+        results = evaluation.evaluate(
+            problem, None, {"learned": (rule, phi)}, horizons=[20],
+            num_seeds=3, baselines=(), state_dtype=state_dtype,
+            fused=fused_arg)
+        entry = results["optimizers"]["learned"]
+        assert entry["fused"] == (fused_arg is None)
+        curves = np.array(entry["curves"])
+        assert curves.shape == want.shape
+        np.testing.assert_allclose(
+            curves, got if fused_arg is None else want, rtol=1e-6)
+
+
+def test_runs_fused_argument():
+    problem = problems.Quadratic(dim=3, num_functions=2)
+    assert not unroll.make_run_fn(networks.SGD(), problem, 2).fused
+    with pytest.raises(ValueError, match=r"fused=True.*SGD.*not the LSTM"):
+        unroll.make_run_fn(networks.SGD(), problem, 2, fused=True)
+    with pytest.raises(ValueError, match="Received: fused='yes'"):
+        unroll.make_run_fn(networks.CoordinatewiseLSTM(), problem, 2,
+                           fused="yes")
+    rule = networks.CoordinatewiseLSTM(preprocess="log_sign_adam")
+    with pytest.raises(ValueError, match="log_sign_adam"):
+        unroll.make_run_fn(rule, problem, 2, fused=True)
+    assert not unroll.make_run_fn(rule, problem, 2).fused
+    with pytest.raises(ValueError, match=r"fused=True.*'learned'"):
+        evaluation.evaluate(problem, None, {"learned": (rule, {})},
+                            horizons=[2], baselines=(), fused=True)
+
+
+def test_evaluate_binary_fused_on_where_it_cannot_run(tmp_path):
+    """--fused=on without the kernel: exit 2 with the reason, before any
+    evaluation (nothing written)."""
+    workdir = tmp_path / "eval"
+    env = dict(os.environ, L2L_TF_FUSED="0", PYTHONPATH=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.evaluate",
+         "--config=configs/quadratic.py", "--weights=quadratic",
+         f"--workdir={workdir}", "--fused=on"],
+        env=env, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "`fused=True`" in proc.stderr and "L2L_TF_FUSED=0" in proc.stderr
+    assert "'learned'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not workdir.exists()
 
 
 def test_build_errors_and_switch_off(tmp_path):

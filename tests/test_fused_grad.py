@@ -185,6 +185,8 @@ def test_meta_training_on_the_kernel_equals_tensorflow_ops(tmp_path):
     tf_trainer, tf_losses, tf_norms = _meta_steps(tmp_path / "tf", False)
     assert fused_trainer.fused and not tf_trainer.fused
     assert isinstance(fused_trainer.step_rule, fused.Differentiable)
+    # Validation steps on the kernel where the unrolls do.
+    assert fused_trainer._val_run.fused and not tf_trainer._val_run.fused
     np.testing.assert_allclose(fused_losses, tf_losses, rtol=1e-5)
     np.testing.assert_allclose(fused_norms, tf_norms, rtol=1e-4)
     for name, value in fused_trainer.phi_numpy().items():
@@ -201,3 +203,4 @@ def test_meta_training_fused_argument(tmp_path):
         meta.MetaTrainer(config, str(tmp_path / "a"), fused=True)
     trainer = meta.MetaTrainer(config, str(tmp_path / "b"))
     assert not trainer.fused and trainer.step_rule is trainer.rule
+    assert not trainer._val_run.fused

@@ -4,6 +4,10 @@
     # The learned optimizer with its state kept in bfloat16:
     python -m train.evaluate --config=configs/mnist.py --weights=mnist \
         --state_dtype=bfloat16 --workdir=/tmp/l2l/eval_bf16
+    # On the TensorFlow ops instead of the fused kernel (the default where
+    # it runs):
+    python -m train.evaluate --config=configs/mnist.py --weights=mnist \
+        --fused=off --workdir=/tmp/l2l/eval_tf
 
 --weights is a shipped name (see l2l_tf.pretrained_names()) or the path of a
 SavedModel written by train.meta_train; several, as NAME=SPEC pairs
@@ -22,6 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from l2l_tf import evaluation, meta, saved_model
+from l2l_tf import fused as fused_lib
 from train import _cli
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,6 +41,12 @@ _STATE_DTYPE = flags.DEFINE_enum(
     "state_dtype", "float32", ["float32", "bfloat16"],
     "The learned optimizer's state dtype between steps (as "
     "LearnedOptimizer(state_dtype=...)); baselines are unaffected.")
+_FUSED = flags.DEFINE_enum(
+    "fused", "auto", ["auto", "on", "off"],
+    "Whether the learned optimizers step on the fused CPU kernel "
+    "(l2l_tf.fused): 'auto' where it runs (no GPUs, a supported network, a "
+    "C++ compiler), as LearnedOptimizer does; 'on' (an error where it "
+    "cannot); 'off' (TensorFlow ops). Changes float32 rounding only.")
 flags.mark_flags_as_required(["config", "weights", "workdir"])
 
 
@@ -61,10 +72,15 @@ def main(argv):
     config = _CONFIG.value
     _cli.checked(meta.validate_config, config)  # Fail before any work on a bad config ...
     weights = _cli.checked(parse_weights, _WEIGHTS.value)
-    for spec in weights.values():
-        _cli.checked(saved_model.resolve_path, spec)  # ... or a bad weights name.
+    fused = {"auto": None, "on": True, "off": False}[_FUSED.value]
+    for name, spec in weights.items():
+        _cli.checked(saved_model.resolve_path, spec)  # ... or a bad weights name,
+        rule = saved_model.load(spec)[0]  # ... or --fused=on where it cannot run.
+        _cli.checked(fused_lib.choose, rule, fused, _STATE_DTYPE.value,
+                     what=f"the evaluation of {name!r}")
     results = evaluation.evaluate_config(config, weights, _WORKDIR.value,
-                                         state_dtype=_STATE_DTYPE.value)
+                                         state_dtype=_STATE_DTYPE.value,
+                                         fused=fused)
     print(evaluation.format_table(results))
     print(f"\nWritten: {os.path.join(_WORKDIR.value, 'evaluation.json')}")
 

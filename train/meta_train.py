@@ -93,7 +93,7 @@ def main(argv):
             until is None or until >= config.meta.num_iterations):
         weights = result.export_dir or result.export_last_dir
         results = evaluation.evaluate_config(
-            config, {"learned": weights}, _WORKDIR.value)
+            config, {"learned": weights}, _WORKDIR.value, fused=fused)
         print(f"\nEvaluation of {weights} on the {config.problem} test split "
               f"(mean over {config.evaluation.num_seeds} seeds):\n")
         print(evaluation.format_table(results))
