@@ -117,6 +117,15 @@ def build(verbose: bool = False) -> str:
     library = os.path.join(folder, f"lstm_step_{_build_key(cxx)}.so")
     if _intact(library):
         return library
+    try:
+        return _compile(cxx, folder, library, verbose)
+    except OSError as e:  # A cache that exists but cannot be written.
+        raise Unavailable(f"the kernel cache {folder!r} cannot be written: "
+                          f"{e} (set L2L_TF_KERNEL_CACHE to a writable "
+                          "folder)") from e
+
+
+def _compile(cxx: str, folder: str, library: str, verbose: bool) -> str:
     # One process compiles; the others wait for it and use its library.
     with open(library + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -130,8 +139,12 @@ def build(verbose: bool = False) -> str:
                         SOURCE, "-o", tmp, *tf.sysconfig.get_link_flags()])
             if verbose:
                 print(" ".join(command))
-            done = subprocess.run(command, capture_output=True, text=True,
-                                  check=False)
+            try:
+                done = subprocess.run(command, capture_output=True,
+                                      text=True, check=False)
+            except OSError as e:
+                raise Unavailable(f"running the compiler {cxx!r} failed: "
+                                  f"{e}") from e
             if done.returncode:
                 raise Unavailable(
                     f"compiling {SOURCE} failed ({' '.join(command)}):\n"
@@ -235,7 +248,7 @@ def choose(rule, fused: Optional[bool], state_dtype=tf.float32,
     True takes it or raises a ValueError that says why it cannot; False
     never takes it.
     """
-    if fused not in (None, True, False):
+    if fused is not None and not isinstance(fused, bool):
         raise ValueError("`fused` must be None (where it runs), True or "
                          f"False. Received: fused={fused!r}")
     if fused is False:

@@ -223,6 +223,8 @@ def test_jit_compile_falls_back_to_tensorflow_ops():
 def test_fused_argument_is_checked():
     with pytest.raises(ValueError, match="fused.*Received: fused='yes'"):
         LearnedOptimizer(fused="yes")
+    with pytest.raises(ValueError, match="Received: fused=1"):
+        LearnedOptimizer(fused=1)  # 1 == True, but not a bool.
     with pytest.warns(UserWarning, match="not found"), pytest.raises(
             ValueError, match="fused=True.*log_sign_adam"):
         LearnedOptimizer(network={"preprocess": "log_sign_adam"},
@@ -368,6 +370,33 @@ def test_build_errors_and_switch_off(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "L2L_TF_FUSED=0" in out and "True True" in out
+
+
+def test_a_cache_that_cannot_be_written_falls_back(tmp_path):
+    """A cache folder that exists but takes no files (here: a folder where
+    the lock file goes): the reason names the cache, the default optimizer
+    trains on the TF ops, fused=True says why it cannot."""
+    cache = tmp_path / "cache"
+    key = fused._build_key(fused._compiler())
+    (cache / f"lstm_step_{key}.so.lock").mkdir(parents=True)
+    code = ("import numpy as np, tensorflow as tf\n"
+            "from l2l_tf import fused, LearnedOptimizer\n"
+            "print(fused.unavailable_reason())\n"
+            "v = [tf.Variable(tf.ones([5]))]\n"
+            "LearnedOptimizer().apply([tf.ones([5])], v)\n"
+            "print(np.isfinite(v[0].numpy()).all(), (v[0].numpy() != 1).all())\n"
+            "try:\n"
+            "    LearnedOptimizer(fused=True)\n"
+            "except ValueError as e:\n"
+            "    print('ValueError:', e)\n")
+    env = dict(os.environ, L2L_TF_KERNEL_CACHE=str(cache), PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert f"the kernel cache '{cache}' cannot be written" in out
+    assert "True True" in out
+    assert "ValueError: `fused=True`, but the fused kernel cannot run this " \
+           "optimizer: the kernel cache" in out
+    assert os.listdir(cache) == [f"lstm_step_{key}.so.lock"]
 
 
 def test_build_is_cached():
