@@ -64,3 +64,11 @@ def temp_dir(path: str) -> str:
                            dir=parent)
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def check_folder(path: str, name: str = "workdir"):
+    """Raises a ValueError naming `name` unless `path` is a folder or
+    missing (a folder to be made)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`{name}` must be a folder (made if missing); "
+                         f"{path!r} is a file. Received: {name}={path!r}")

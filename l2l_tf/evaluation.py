@@ -378,6 +378,8 @@ def evaluate_config(config, weights: Dict[str, str], workdir: Optional[str]
       fused: whether the learned optimizers step on the fused CPU kernel (as
         `evaluate`'s).
     """
+    if workdir is not None:
+        atomic.check_folder(workdir)
     e = config.evaluation
     learned = {}
     for name, spec in weights.items():

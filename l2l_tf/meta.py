@@ -353,9 +353,10 @@ class MetaTrainer:
         where it runs: no GPUs, one CoordinatewiseLSTM with log/sign or no
         preprocessing and up to 48 units, a C++ compiler. True raises a
         ValueError naming what stops it; False runs TensorFlow ops."""
-        if fused not in (None, True, False):
+        if fused is not None and not isinstance(fused, bool):
             raise ValueError("`fused` must be None, True or False. "
                              f"Received: fused={fused!r}")
+        atomic.check_folder(workdir)
         validate_config(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)

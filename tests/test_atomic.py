@@ -46,3 +46,13 @@ def test_exported_folders_are_readable_like_any_folder(tmp_path, umask_022):
                               rule.init_phi(0))
     assert _mode(path) == 0o755
     assert os.listdir(tmp_path) == ["export"]
+
+
+def test_check_folder_refuses_a_file_and_names_the_argument(tmp_path):
+    atomic.check_folder(str(tmp_path))  # A folder,
+    atomic.check_folder(str(tmp_path / "new"))  # or one to be made.
+    (tmp_path / "a_file").write_text("mine")
+    with pytest.raises(ValueError, match=r"`workdir` must be a folder.*"
+                       r"Received: workdir='.*a_file'"):
+        atomic.check_folder(str(tmp_path / "a_file"))
+    assert (tmp_path / "a_file").read_text() == "mine"

@@ -374,3 +374,27 @@ def test_tensorboard_scalars(tmp_path):
     assert min(scalars["validation_loss"].values()) == pytest.approx(
         result.best_validation, rel=1e-6)
     assert all(v > 0 for v in scalars["iterations_per_second"].values())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "train.meta_train", "--config=configs/quadratic.py",
+      "--workdir={file}"], "`workdir` must be a folder"),
+    (["-m", "train.evaluate", "--config=configs/quadratic.py",
+      "--weights=quadratic", "--workdir={file}"],
+     "`workdir` must be a folder"),
+    (["-m", "train.evaluate", "--config=configs/quadratic.py", "--weights=",
+      "--workdir={dir}"], "--weights must be one SPEC"),
+])
+def test_binaries_refuse_bad_workdirs_and_weights(tmp_path, args, message):
+    """Exit 2 with the message alone, before any work; the user's file is
+    kept as it was."""
+    (tmp_path / "a_file").write_text("mine")
+    args = [a.format(file=tmp_path / "a_file", dir=tmp_path / "out")
+            for a in args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=600, env=env)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "a_file").read_text() == "mine"
+    assert not (tmp_path / "out").exists()

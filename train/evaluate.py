@@ -25,7 +25,7 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from l2l_tf import evaluation, meta, saved_model
+from l2l_tf import atomic, evaluation, meta, saved_model
 from l2l_tf import fused as fused_lib
 from train import _cli
 
@@ -52,13 +52,16 @@ flags.mark_flags_as_required(["config", "weights", "workdir"])
 
 def parse_weights(items) -> dict:
     """["SPEC"] -> {"learned": SPEC}; ["A=X", "B=Y"] -> {"A": X, "B": Y}."""
+    if not items or not all(items):
+        raise ValueError("--weights must be one SPEC or distinct "
+                             f"NAME=SPEC pairs. Received: {','.join(items)!r}")
     if len(items) == 1 and "=" not in items[0]:
         return {"learned": items[0]}
     out = {}
     for item in items:
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec or name in out:
-            raise app.UsageError(
+            raise ValueError(
                 "--weights must be one SPEC or distinct NAME=SPEC pairs. "
                 f"Received: {','.join(items)!r}")
         out[name] = spec
@@ -70,6 +73,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     tf.get_logger().setLevel("WARNING")  # SavedModel writing is chatty.
     config = _CONFIG.value
+    _cli.checked(atomic.check_folder, _WORKDIR.value)
     _cli.checked(meta.validate_config, config)  # Fail before any work on a bad config ...
     weights = _cli.checked(parse_weights, _WEIGHTS.value)
     fused = {"auto": None, "on": True, "off": False}[_FUSED.value]
