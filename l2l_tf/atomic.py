@@ -9,6 +9,7 @@ its files 0600 and folders 0700; they get the permissions an ordinary
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -72,3 +73,35 @@ def check_folder(path: str, name: str = "workdir"):
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"`{name}` must be a folder (made if missing); "
                          f"{path!r} is a file. Received: {name}={path!r}")
+
+
+class InUse(RuntimeError):
+    """Another process holds the folder (`exclusive`)."""
+
+
+@contextlib.contextmanager
+def exclusive(folder: str, name: str = "workdir"):
+    """Holds `folder` for this process (a lock on `folder`/.lock, which
+    records its holder's pid) while the block runs; raises `InUse` at once
+    if another process holds it. The operating system drops the lock when
+    its holder exits, however it exits."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".lock")
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise InUse(
+                f"`{name}` {folder!r} is in use by another run (process "
+                f"{holder}, holding {path}): wait for it to end, or give "
+                f"another {name}.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

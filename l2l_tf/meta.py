@@ -358,6 +358,7 @@ class MetaTrainer:
                              f"Received: fused={fused!r}")
         atomic.check_folder(workdir)
         validate_config(config)
+        self._holding_workdir = False
         self.config = config
         self.workdir = os.path.abspath(workdir)
         # K optimizees per meta-iteration, K / R on each of R replicas; the
@@ -670,10 +671,23 @@ class MetaTrainer:
         `until` stops early, after the checkpoint at that iteration (it must
         be a multiple of `checkpoint_every`): a long run can be split into
         pieces that each resume where the last one stopped.
+
+        The chief holds the workdir while it trains: another run on it
+        raises `atomic.InUse` before any work.
         """
-        config = self.config
         if until is not None:
-            check_until(config, until)
+            check_until(self.config, until)
+        if not self.is_chief or self._holding_workdir:
+            return self._train(until)
+        with atomic.exclusive(self.workdir):
+            self._holding_workdir = True
+            try:
+                return self._train(until)
+            finally:
+                self._holding_workdir = False
+
+    def _train(self, until: Optional[int]) -> Result:
+        config = self.config
         validation_changed = self.check_workdir()
         os.makedirs(self.workdir, exist_ok=True)
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)

@@ -1,12 +1,17 @@
 """Atomic writes: whole files with ordinary permissions, nothing left over."""
 
+import contextlib
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from l2l_tf import atomic, networks, saved_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _mode(path):
@@ -56,3 +61,36 @@ def test_check_folder_refuses_a_file_and_names_the_argument(tmp_path):
                        r"Received: workdir='.*a_file'"):
         atomic.check_folder(str(tmp_path / "a_file"))
     assert (tmp_path / "a_file").read_text() == "mine"
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder):
+    """Yields the pid of a process that holds `folder` (atomic.exclusive)
+    until the block ends, when it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from l2l_tf import atomic\n"
+         f"with atomic.exclusive({str(folder)!r}):\n"
+         "    print('held', flush=True); time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_exclusive_refuses_a_second_holder_and_names_the_first(tmp_path):
+    """Another process holding the folder: InUse at once, naming its pid;
+    the lock goes when the holder exits, even by SIGKILL."""
+    folder = tmp_path / "run"
+    with held_by_another_process(folder) as pid:
+        with pytest.raises(atomic.InUse, match=rf"`workdir` '{folder}' is in "
+                           rf"use by another run \(process {pid},"):
+            with atomic.exclusive(str(folder)):
+                pass
+    with atomic.exclusive(str(folder)):
+        with open(folder / ".lock") as f:
+            assert f.read() == str(os.getpid())

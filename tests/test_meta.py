@@ -12,7 +12,8 @@ from tensorflow.python.framework import config as tf_config
 
 from configs import mnist as mnist_config
 from configs import quadratic as quadratic_config
-from l2l_tf import evaluation, meta, networks, problems, saved_model, unroll
+from l2l_tf import (atomic, evaluation, meta, networks, problems, saved_model,
+                    unroll)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -398,3 +399,22 @@ def test_binaries_refuse_bad_workdirs_and_weights(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "a_file").read_text() == "mine"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_on_a_held_workdir_is_refused_before_any_work(tmp_path):
+    """Two runs on one workdir would write over each other's checkpoints:
+    the second is refused while the first holds it; after it, training
+    goes on, and sequential trainers in one process are fine."""
+    from tests.test_atomic import held_by_another_process
+    config = tiny_quadratic_config()
+    config.meta.num_iterations = 2
+    config.checkpoint_every = config.eval_every = 2
+    workdir = tmp_path / "run"
+    with held_by_another_process(workdir) as pid:
+        with pytest.raises(atomic.InUse, match=f"process {pid}"):
+            meta.MetaTrainer(config, str(workdir)).train()
+        assert sorted(os.listdir(workdir)) == [".lock"]
+    meta.MetaTrainer(config, str(workdir)).train()
+    config.meta.num_iterations = 4
+    result = meta.MetaTrainer(config, str(workdir)).train()
+    assert result.iterations == 4

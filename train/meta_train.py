@@ -13,12 +13,13 @@ command and a shared --workdir; BUILD.md gives an example).
 """
 
 import os
+import sys
 
 import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from l2l_tf import evaluation, meta
+from l2l_tf import atomic, evaluation, meta
 from train import _cli
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -81,7 +82,11 @@ def main(argv):
     trainer = _cli.checked(meta.MetaTrainer, config, _WORKDIR.value,
                            strategy=strategy, fused=fused)
     _cli.checked(trainer.check_workdir)  # Another experiment's checkpoints.
-    result = trainer.train(until=until)
+    try:
+        result = trainer.train(until=until)
+    except atomic.InUse as e:  # Another run on the workdir: refused at once.
+        sys.stderr.write(f"{type(e).__name__}: {e}\n")
+        sys.exit(2)
     if until is not None and result.iterations < config.meta.num_iterations:
         logging.info("Stopped at iteration %d (--until=%d); the same command "
                      "without --until continues.", result.iterations, until)
