@@ -542,7 +542,7 @@ class MetaTrainer:
         """Restores the last good checkpoint (or the initial weights) and
         halves the meta learning rate; returns the iteration to go on from."""
         scale = float(self.lr_scale.numpy()) / 2
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        latest = self.latest_checkpoint()
         if latest:
             self.checkpoint.restore(latest)
         else:
@@ -618,11 +618,40 @@ class MetaTrainer:
 
     # -- the loop --------------------------------------------------------------
 
+    def latest_checkpoint(self) -> Optional[str]:
+        """The newest checkpoint that reads whole, or None if there is none.
+
+        A damaged one (a truncated file, a disk error) is named in a
+        warning and left as it is, and the one before it is taken; if none
+        reads, a ValueError names the folder.
+        """
+        state = tf.train.get_checkpoint_state(self.checkpoint_dir)
+        if not state:
+            return None
+        paths = list(state.all_model_checkpoint_paths) or [
+            state.model_checkpoint_path]
+        for path in reversed(paths):
+            try:
+                reader = tf.train.load_checkpoint(path)
+                for name in reader.get_variable_to_shape_map():
+                    reader.get_tensor(name)
+                return path
+            except (tf.errors.OpError, IndexError, ValueError, OSError) as e:
+                logging.warning(
+                    "The checkpoint %s cannot be read (%s: %s); it is left "
+                    "as it is, and the one before it is taken.", path,
+                    type(e).__name__, str(e).splitlines()[0] if str(e)
+                    else "")
+        raise ValueError(
+            f"None of the checkpoints in {self.checkpoint_dir!r} can be read "
+            f"({', '.join(os.path.basename(p) for p in paths)}; the warnings "
+            "above say why): restore them, or give another workdir.")
+
     def check_workdir(self) -> bool:
         """Raises ValueError if the workdir holds checkpoints of another
         experiment (see `_check_same_experiment`), before any work; returns
         whether the validation changed since them."""
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        latest = self.latest_checkpoint()
         return bool(latest) and self._check_same_experiment(
             int(tf.train.load_variable(
                 latest, "iteration/.ATTRIBUTES/VARIABLE_VALUE")))
@@ -690,7 +719,7 @@ class MetaTrainer:
         config = self.config
         validation_changed = self.check_workdir()
         os.makedirs(self.workdir, exist_ok=True)
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        latest = self.latest_checkpoint()
         if self.is_chief:
             for name in ("export", "export_last"):
                 saved_model.recover(os.path.join(self.workdir, name))

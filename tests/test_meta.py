@@ -418,3 +418,28 @@ def test_a_second_run_on_a_held_workdir_is_refused_before_any_work(tmp_path):
     config.meta.num_iterations = 4
     result = meta.MetaTrainer(config, str(workdir)).train()
     assert result.iterations == 4
+
+
+def test_a_damaged_checkpoint_is_named_kept_and_the_one_before_taken(
+        tmp_path, caplog):
+    config = tiny_quadratic_config()
+    config.meta.num_iterations = 8
+    workdir = tmp_path / "run"
+    meta.MetaTrainer(config, str(workdir)).train()
+    folder = workdir / "checkpoints"
+    (data,) = [p for p in os.listdir(folder) if p.startswith("ckpt-8.data")]
+    with open(folder / data, "r+b") as f:
+        f.truncate(os.path.getsize(folder / data) // 2)
+    trainer = meta.MetaTrainer(config, str(workdir))
+    assert trainer.latest_checkpoint() == str(folder / "ckpt-4")
+    assert f"The checkpoint {folder / 'ckpt-8'} cannot be read" in caplog.text
+    assert trainer.train().iterations == 8  # From 4, again.
+    assert trainer.latest_checkpoint() == str(folder / "ckpt-8")
+    for name in os.listdir(folder):
+        if name.startswith("ckpt-4.data"):
+            (folder / name).write_bytes(b"")
+    (data,) = [p for p in os.listdir(folder) if p.startswith("ckpt-8.data")]
+    (folder / data).write_bytes(b"")
+    with pytest.raises(ValueError, match=r"None of the checkpoints in .* can "
+                       r"be read \(ckpt-4, ckpt-8;"):
+        meta.MetaTrainer(config, str(workdir)).latest_checkpoint()
