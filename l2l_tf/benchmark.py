@@ -12,7 +12,8 @@
 3. The meta-iteration (one unroll of 20 steps with its backward pass and
    phi's Adam step, `MetaTrainer._meta_step`) on the quadratic and MNIST
    configs.
-4. Optimizer state bytes per parameter and each row's peak process memory.
+4. Optimizer state bytes per parameter and each row's peak process memory
+   (VmHWM of the row's process: its own, not its parent's).
 5. A profile of one LSTM step on the current tree (`measure_profile`): the
    step's own matmuls, at the network's shapes, timed alone, and one
    element-wise pass over a layer's [n, h] activations, next to the whole
@@ -310,8 +311,34 @@ def measure_profile(n: int, repeats: int = 5) -> dict:
     }
 
 
+def vm_hwm_bytes(status: str) -> Optional[int]:
+    """The peak resident memory in a /proc/<pid>/status text (its `VmHWM:`
+    line, in kB) in bytes; None without that line."""
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key == "VmHWM":
+            return int(value.split()[0]) * 1024  # The kernel writes kB.
+    return None
+
+
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory, in bytes.
+
+    VmHWM of /proc/self/status: it belongs to the address space and starts
+    again at exec, so a row measured in a subprocess reports its own peak.
+    Without /proc, ru_maxrss, which can hold the peak of the process that
+    exec'ed this one (Linux keeps it across exec): a subprocess's figure is
+    then at least its parent's.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            peak = vm_hwm_bytes(f.read())
+    except OSError:
+        peak = None
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # Else kB.
 
 
 def state_bytes_per_param(opt, num_params: int) -> float:
@@ -578,7 +605,9 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
     """Runs the whole benchmark; returns the result with bounds and ratios.
 
     isolate: measure each row in a fresh subprocess (always so with a
-    baseline, whose rows run in subprocesses on `baseline_src`).
+    baseline, whose rows run in subprocesses on `baseline_src`); a row's
+    `peak_rss_bytes` is then its process's peak, else this process's so
+    far.
     state_dtypes: the learned variants of the current tree (the baseline
     runs its default only).
     profile_size: coordinates of the step profile (`measure_profile`, the
@@ -664,6 +693,7 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
     }
     from l2l_tf import networks
     result["network"] = networks.CoordinatewiseLSTM().get_config()
+    # This process's own: the ceilings, and every row unless isolated.
     result["peak_rss_bytes"] = _peak_rss_bytes()
     result["load_average_end"] = os.getloadavg()
     return add_bounds(result)

@@ -4,6 +4,10 @@ Timings are never asserted: only that every row runs, traces once, and
 that the arithmetic on its numbers is right.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -196,3 +200,38 @@ def test_meta_rows_report_their_median_round(monkeypatch):
                                     {"seconds": 0.5}) == 4.0
     with pytest.raises(ValueError, match="meta_rounds"):
         benchmark.run(sizes=(), meta_configs=(), meta_rounds=0)
+
+
+def test_peak_memory_is_read_from_vm_hwm():
+    status = ("Name:\tpython\nVmPeak:\t 2000000 kB\nVmSize:\t 1900000 kB\n"
+              "VmHWM:\t  123456 kB\nVmRSS:\t  100000 kB\n")
+    assert benchmark.vm_hwm_bytes(status) == 123456 * 1024
+    assert benchmark.vm_hwm_bytes("Name:\tpython\n") is None
+
+
+# Loads this benchmark.py by path as a row's subprocess does, allocates
+# (and touches) the given MiB, prints its peak; with a second argument, then
+# runs itself without the allocation as a subprocess, which prints its own.
+_PEAK_CHILD = """
+import importlib.util, subprocess, sys
+spec = importlib.util.spec_from_file_location("_bench", {path!r})
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+block = b"x" * (int(sys.argv[1]) << 20)
+print(bench._peak_rss_bytes(), flush=True)
+if len(sys.argv) > 2:
+    subprocess.run([sys.executable, "-c", sys.argv[2], "0"], check=True)
+"""
+
+
+def test_a_subprocess_reports_its_own_peak_not_its_parents():
+    """ru_maxrss carries the parent's peak over fork + exec on Linux: every
+    row showed the benchmark's 1.36 GiB. A child allocating 300 MiB more
+    than the one it starts reports a peak larger by about that much."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("no /proc: the figure is ru_maxrss, the parent's too")
+    code = _PEAK_CHILD.format(path=benchmark.__file__)
+    out = subprocess.run([sys.executable, "-c", code, "300", code],
+                         capture_output=True, text=True, check=True)
+    big, small = map(int, out.stdout.split())
+    assert abs((big - small) - (300 << 20)) < (20 << 20), (big, small)
