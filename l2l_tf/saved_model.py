@@ -265,7 +265,14 @@ def load(weights: str) -> Tuple[networks.CoordinatewiseLSTM,
             _, sub_phi, _ = load(os.path.join(path, group))
             phi.update({f"{group}/{k}": v for k, v in sub_phi.items()})
         return rule, phi, metadata
-    loaded = tf.saved_model.load(path)
+    try:
+        loaded = tf.saved_model.load(path)
+    except (tf.errors.OpError, IndexError, OSError) as e:  # Damaged files.
+        raise ValueError(
+            f"`weights` path {path!r} cannot be read: it is damaged or "
+            f"incomplete ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Received: "
+            f"weights={weights!r}") from e
     if not hasattr(loaded, "metadata") or not hasattr(loaded, "phi"):
         raise ValueError(f"`weights` path {weights!r} is a SavedModel but not "
                          "an l2l_tf export (no `metadata`/`phi`).")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -211,6 +212,20 @@ def test_foreign_saved_model_is_rejected(tmp_path):
     tf.saved_model.save(module, path)
     with pytest.raises(ValueError, match="not an l2l_tf export"):
         saved_model.load(path)
+
+
+def test_a_damaged_export_is_named_and_left_as_it_is(exported, tmp_path):
+    path = str(tmp_path / "damaged")
+    shutil.copytree(exported[0], path)
+    variables = os.path.join(path, "variables")
+    (data,) = [p for p in os.listdir(variables) if ".data" in p]
+    with open(os.path.join(variables, data), "r+b") as f:
+        f.truncate(os.path.getsize(os.path.join(variables, data)) // 2)
+    size = os.path.getsize(os.path.join(variables, data))
+    with pytest.raises(ValueError, match=r"`weights` path '.*damaged' cannot "
+                       r"be read: it is damaged or incomplete"):
+        saved_model.load(path)
+    assert os.path.getsize(os.path.join(variables, data)) == size
 
 
 def test_resolve_path_returns_existing_export(exported):
