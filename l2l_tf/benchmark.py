@@ -148,11 +148,16 @@ def ratio(time_s: Optional[float], ref_s: Optional[float]) -> Optional[float]:
     return time_s / ref_s
 
 
+def mlp_min_params(inputs: int = 784, classes: int = 10) -> int:
+    """Parameters of the smallest MLP `mlp_shapes` builds, 784-1-10: 805."""
+    return inputs + 1 + 2 * classes
+
+
 def mlp_shapes(num_params: int, inputs: int = 784, classes: int = 10):
     """A 784-h-10 MLP of about `num_params` parameters: (kernel, bias) x 2."""
-    if num_params < inputs + 1 + 2 * classes:
+    if num_params < mlp_min_params(inputs, classes):
         raise ValueError("`num_params` must be at least the size of a "
-                         f"784-1-10 MLP ({inputs + 1 + 2 * classes}). "
+                         f"784-1-10 MLP ({mlp_min_params(inputs, classes)}). "
                          f"Received: num_params={num_params!r}")
     h = max(1, round((num_params - classes) / (inputs + 1 + classes)))
     return [(inputs, h), (h,), (h, classes), (classes,)]
@@ -424,8 +429,13 @@ def measure_update(num_params: int, repeats: int = 5,
     return {"num_params": n, "rows": rows, "peak_rss_bytes": _peak_rss_bytes()}
 
 
+def config_path(src: Optional[str], name: str) -> str:
+    """configs/<name>.py of the tree at `src` (None: the current tree)."""
+    return os.path.join(src or _package_src(), "configs", f"{name}.py")
+
+
 def _load_config(src: str, name: str, overrides: Optional[dict]):
-    path = os.path.join(src, "configs", f"{name}.py")
+    path = config_path(src, name)
     spec = importlib.util.spec_from_file_location(f"_bench_cfg_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -619,9 +629,10 @@ def run(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000),
     drifts by 1.5x within minutes, so alternating is what makes the trees
     comparable).
     """
-    if not (isinstance(meta_rounds, int) and meta_rounds >= 1):
-        raise ValueError("`meta_rounds` must be a positive integer. "
-                         f"Received: meta_rounds={meta_rounds!r}")
+    for name, value in (("repeats", repeats), ("meta_rounds", meta_rounds)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"`{name}` must be a positive integer. "
+                             f"Received: {name}={value!r}")
     src = _package_src()
     isolate = isolate or baseline_src is not None
 

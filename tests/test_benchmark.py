@@ -5,6 +5,7 @@ that the arithmetic on its numbers is right.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -200,6 +201,8 @@ def test_meta_rows_report_their_median_round(monkeypatch):
                                     {"seconds": 0.5}) == 4.0
     with pytest.raises(ValueError, match="meta_rounds"):
         benchmark.run(sizes=(), meta_configs=(), meta_rounds=0)
+    with pytest.raises(ValueError, match="Received: repeats=0"):
+        benchmark.run(sizes=(), meta_configs=(), repeats=0)
 
 
 def test_peak_memory_is_read_from_vm_hwm():
@@ -235,3 +238,72 @@ def test_a_subprocess_reports_its_own_peak_not_its_parents():
                          capture_output=True, text=True, check=True)
     big, small = map(int, out.stdout.split())
     assert abs((big - small) - (300 << 20)) < (20 << 20), (big, small)
+
+
+def _flags(**changes):
+    return {**dict(sizes=["2000"], meta=["quadratic"], repeats=1,
+                   baseline_src=None, state_dtypes=["float32", "bfloat16"],
+                   jit=["false", "true"], profile_size=0, meta_rounds=1,
+                   out=None), **changes}
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(meta=["nosuch"]),
+     r"--meta .*configs/nosuch\.py does not exist\. Received: --meta=nosuch"),
+    (dict(sizes=["500"]), r"--sizes .*at least 805 .*Received: --sizes=500"),
+    (dict(sizes=["804"]), r"Received: --sizes=804"),
+    (dict(sizes=["2000", "abc"]), r"--sizes .*Received: --sizes=2000,abc"),
+    (dict(state_dtypes=["float16"]),
+     r"--state_dtypes takes float32 and bfloat16\. "
+     r"Received: --state_dtypes=float16"),
+    (dict(repeats=0), r"--repeats must be at least 1\. Received: --repeats=0"),
+    (dict(meta_rounds=0), r"Received: --meta_rounds=0"),
+    (dict(profile_size=-1), r"Received: --profile_size=-1"),
+    (dict(jit=["maybe"]),
+     r"--jit takes true and false\. Received: --jit=maybe"),
+    (dict(baseline_src="/nonexistent"),
+     r"--baseline_src .*l2l_tf/.*Received: --baseline_src=/nonexistent"),
+    (dict(out="/proc/b.json"),
+     r"--out needs a folder that takes new files; /proc does not .*"
+     r"Received: --out=/proc/b\.json$"),
+    (dict(out="/proc/nosuch/b.json"),
+     r"--out needs its folder /proc/nosuch, .*"
+     r"Received: --out=/proc/nosuch/b\.json$"),
+])
+def test_bad_flags_are_named_before_any_measurement(changes, message):
+    from train import benchmark as binary
+    with pytest.raises(ValueError, match=message):
+        binary.run_kwargs(**_flags(**changes))
+
+
+def test_flags_become_run_arguments(tmp_path):
+    from train import benchmark as binary
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "new" / "b.json"
+    kwargs = binary.run_kwargs(**_flags(
+        sizes=["805", "1000000"], meta=["quadratic", ""], out=str(out),
+        baseline_src=repo, state_dtypes=["bfloat16", ""]))
+    assert kwargs == dict(sizes=[805, 1_000_000], meta_configs=["quadratic"],
+                          repeats=1, baseline_src=repo,
+                          state_dtypes=["bfloat16"], jit=[False, True],
+                          profile_size=None, meta_rounds=1)
+    # The folder is made and written to at the start, and left empty.
+    assert out.parent.is_dir() and not list(out.parent.iterdir())
+    with pytest.raises(ValueError,
+                       match=re.escape(f"Received: --out={tmp_path}")):
+        binary.run_kwargs(**_flags(out=str(tmp_path)))
+    # The baseline's configs count too: a tree without configs/quadratic.py.
+    (tmp_path / "old" / "l2l_tf").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"old/configs/quadratic\.py does "
+                                         "not exist"):
+        binary.run_kwargs(**_flags(baseline_src=str(tmp_path / "old")))
+
+
+def test_bad_flag_exits_2_with_the_message_alone(capsys):
+    from train import _cli
+    from train import benchmark as binary
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.checked(binary.run_kwargs, **_flags(repeats=0))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ValueError: --repeats") and "Traceback" not in err
