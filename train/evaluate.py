@@ -53,8 +53,8 @@ flags.mark_flags_as_required(["config", "weights", "workdir"])
 def parse_weights(items) -> dict:
     """["SPEC"] -> {"learned": SPEC}; ["A=X", "B=Y"] -> {"A": X, "B": Y}."""
     if not items or not all(items):
-        raise ValueError("--weights must be one SPEC or distinct "
-                             f"NAME=SPEC pairs. Received: {','.join(items)!r}")
+        raise ValueError("--weights must be one SPEC or distinct NAME=SPEC "
+                         f"pairs. Received: {','.join(items)!r}")
     if len(items) == 1 and "=" not in items[0]:
         return {"learned": items[0]}
     out = {}
