@@ -253,13 +253,22 @@ def choose(rule, fused: Optional[bool], state_dtype=tf.float32,
                          f"False. Received: fused={fused!r}")
     if fused is False:
         return False
-    reason = (unsupported_reason(rule, state_dtype) or unavailable_reason())
-    if fused is None and reason is None and has_gpus():
-        reason = "GPUs are present (the fused kernel is CPU-only)"
-    if reason and fused:
+    if fused is None:
+        return reason_not_taken(rule, state_dtype) is None
+    reason = unsupported_reason(rule, state_dtype) or unavailable_reason()
+    if reason:
         raise ValueError(f"`fused=True`, but the fused kernel cannot run "
                          f"{what}: {reason}.")
     return reason is None
+
+
+def reason_not_taken(rule, state_dtype=tf.float32) -> Optional[str]:
+    """Why `choose(rule, None, state_dtype)` does not take the kernel; None
+    where it does."""
+    reason = unsupported_reason(rule, state_dtype) or unavailable_reason()
+    if reason is None and has_gpus():
+        reason = "GPUs are present (the fused kernel is CPU-only)"
+    return reason
 
 
 def _weights_and_attrs(rule, phi):

@@ -390,6 +390,13 @@ class MetaTrainer:
         self.val_problem = problems.from_config(config, "validation")
         self.fused = fused_lib.choose(self.rule, fused,
                                        what="this meta-training")
+        if self.fused:
+            logging.info("The unrolls and validation step on the fused CPU "
+                         "kernel (l2l_tf.fused).")
+        else:
+            logging.info("The unrolls and validation step on TensorFlow ops "
+                         "(%s).", "fused=False" if fused is False else
+                         fused_lib.reason_not_taken(self.rule))
         # The rule the unrolls step with: the same weights and state, its
         # step (and gradient) on the fused kernel when self.fused.
         self.step_rule = (fused_lib.Differentiable(self.rule) if self.fused

@@ -204,3 +204,15 @@ def test_meta_training_fused_argument(tmp_path):
     trainer = meta.MetaTrainer(config, str(tmp_path / "b"))
     assert not trainer.fused and trainer.step_rule is trainer.rule
     assert not trainer._val_run.fused
+
+
+def test_meta_training_logs_where_its_steps_run(tmp_path, caplog):
+    caplog.set_level("INFO")
+    meta.MetaTrainer(tiny_quadratic_config(), str(tmp_path / "a"))
+    assert "step on the fused CPU kernel" in caplog.text
+    config = tiny_quadratic_config()
+    config.network.preprocess = "log_sign_adam"
+    meta.MetaTrainer(config, str(tmp_path / "b"))
+    assert "step on TensorFlow ops (preprocess='log_sign_adam'" in caplog.text
+    meta.MetaTrainer(tiny_quadratic_config(), str(tmp_path / "c"), fused=False)
+    assert "step on TensorFlow ops (fused=False)" in caplog.text
