@@ -31,6 +31,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import warnings
 from typing import Optional
 
@@ -174,6 +175,19 @@ def _intact(library: str) -> bool:
 _LOADED = {}  # "module" or "error": one build attempt a process.
 
 
+def _user_stacklevel() -> int:
+    """The `stacklevel` that points a warning issued by this function's
+    caller at the first frame outside l2l_tf, Keras and TensorFlow: the
+    user's line (or the outermost frame)."""
+    import keras  # pylint: disable=import-outside-toplevel
+    skip = tuple(os.path.dirname(m.__file__) for m in (atomic, keras, tf))
+    frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(
+            skip):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _load():
     if os.environ.get("L2L_TF_FUSED", "1") == "0":
         raise Unavailable("L2L_TF_FUSED=0 turns the fused kernel off")
@@ -191,7 +205,8 @@ def _load():
             _LOADED["error"] = e
             warnings.warn(f"l2l_tf: the fused LSTM kernel is unavailable, "
                           f"so LearnedOptimizer runs on TensorFlow ops "
-                          f"(about 1.5x slower on a CPU): {e}", stacklevel=3)
+                          f"(about 1.5x slower on a CPU): {e}",
+                          stacklevel=_user_stacklevel())
             raise
     return _LOADED["module"]
 

@@ -348,12 +348,19 @@ def test_build_errors_and_switch_off(tmp_path):
     """Without a compiler the reason names it; L2L_TF_FUSED=0 turns the
     kernel off (and the optimizer still trains, on the TF ops). Fresh
     processes, so that this process's loaded kernel is not in the way."""
-    code = ("from l2l_tf import fused; print(fused.unavailable_reason())")
+    code = ("import warnings\n"
+            "from l2l_tf import fused\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    print(fused.unavailable_reason())\n"
+            "print('warned at', [x.filename for x in w])\n")
     env = dict(os.environ, L2L_TF_KERNEL_CACHE=str(tmp_path / "cache"),
                CXX="/nonexistent/c++", PYTHONPATH=REPO)
     out = subprocess.run([sys.executable, "-c", code], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "no C++ compiler: '/nonexistent/c++'" in out
+    assert "warned at ['<string>']" in out  # The caller's line, not ours.
+    code = "from l2l_tf import fused; print(fused.unavailable_reason())"
     (tmp_path / "a_file").write_text("")
     env = dict(os.environ, PYTHONPATH=REPO,
                L2L_TF_KERNEL_CACHE=str(tmp_path / "a_file" / "cache"))
