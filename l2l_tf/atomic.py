@@ -68,11 +68,17 @@ def temp_dir(path: str) -> str:
 
 
 def check_folder(path: str, name: str = "workdir"):
-    """Raises a ValueError naming `name` unless `path` is a folder or
-    missing (a folder to be made)."""
-    if os.path.exists(path) and not os.path.isdir(path):
+    """Raises a ValueError naming `name` unless `path` is a folder, or can
+    be made one (its nearest existing parent is a folder)."""
+    if not path:
+        raise ValueError(f"`{name}` must name a folder (made if missing). "
+                         f"Received: {name}={path!r}")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
         raise ValueError(f"`{name}` must be a folder (made if missing); "
-                         f"{path!r} is a file. Received: {name}={path!r}")
+                         f"{existing!r} is a file. Received: {name}={path!r}")
 
 
 class InUse(RuntimeError):

@@ -204,7 +204,7 @@ def _load():
         except Unavailable as e:
             _LOADED["error"] = e
             warnings.warn(f"l2l_tf: the fused LSTM kernel is unavailable, "
-                          f"so LearnedOptimizer runs on TensorFlow ops "
+                          f"so l2l_tf's LSTM steps run on TensorFlow ops "
                           f"(about 1.5x slower on a CPU): {e}",
                           stacklevel=_user_stacklevel())
             raise

@@ -18,6 +18,7 @@ checkpoints are taken only where a run starts, so a resumed run continues
 exactly as if it had never stopped.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -359,6 +360,7 @@ class MetaTrainer:
         atomic.check_folder(workdir)
         validate_config(config)
         self._holding_workdir = False
+        self._damaged = set()  # Checkpoints found damaged (warned once).
         self.config = config
         self.workdir = os.path.abspath(workdir)
         # K optimizees per meta-iteration, K / R on each of R replicas; the
@@ -629,8 +631,10 @@ class MetaTrainer:
         """The newest checkpoint that reads whole, or None if there is none.
 
         A damaged one (a truncated file, a disk error) is named in a
-        warning and left as it is, and the one before it is taken; if none
-        reads, a ValueError names the folder.
+        warning, and the one before it is taken; the chief keeps a copy of
+        its files in checkpoints/damaged/, since the resumed run writes a
+        new checkpoint under its name. If none reads, a ValueError names
+        the folder.
         """
         state = tf.train.get_checkpoint_state(self.checkpoint_dir)
         if not state:
@@ -644,15 +648,32 @@ class MetaTrainer:
                     reader.get_tensor(name)
                 return path
             except (tf.errors.OpError, IndexError, ValueError, OSError) as e:
-                logging.warning(
-                    "The checkpoint %s cannot be read (%s: %s); it is left "
-                    "as it is, and the one before it is taken.", path,
-                    type(e).__name__, str(e).splitlines()[0] if str(e)
-                    else "")
+                if path not in self._damaged:
+                    self._damaged.add(path)
+                    kept = self._keep_damaged(path)
+                    logging.warning(
+                        "The checkpoint %s cannot be read (%s: %s): the one "
+                        "before it is taken%s.", path, type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else "",
+                        f"; its files are kept in {kept}" if kept else "")
         raise ValueError(
             f"None of the checkpoints in {self.checkpoint_dir!r} can be read "
             f"({', '.join(os.path.basename(p) for p in paths)}; the warnings "
             "above say why): restore them, or give another workdir.")
+
+    def _keep_damaged(self, path: str) -> Optional[str]:
+        """Copies checkpoint `path`'s files into checkpoints/damaged/ (the
+        chief; a copy already there is kept); returns that folder."""
+        if not self.is_chief:
+            return None
+        folder = os.path.join(self.checkpoint_dir, "damaged")
+        os.makedirs(folder, exist_ok=True)
+        prefix = os.path.basename(path) + "."
+        for name in os.listdir(self.checkpoint_dir):
+            target = os.path.join(folder, name)
+            if name.startswith(prefix) and not os.path.exists(target):
+                shutil.copy2(os.path.join(self.checkpoint_dir, name), target)
+        return folder
 
     def check_workdir(self) -> bool:
         """Raises ValueError if the workdir holds checkpoints of another
@@ -713,12 +734,22 @@ class MetaTrainer:
         """
         if until is not None:
             check_until(self.config, until)
-        if not self.is_chief or self._holding_workdir:
+        with self.holding_workdir():
             return self._train(until)
+
+    @contextlib.contextmanager
+    def holding_workdir(self):
+        """Holds the workdir for this run while the block runs (the chief;
+        nested holds are one): another run on it raises `atomic.InUse`.
+        `train` holds it; hold it around more work on the workdir (as
+        train.meta_train does around its evaluation)."""
+        if not self.is_chief or self._holding_workdir:
+            yield
+            return
         with atomic.exclusive(self.workdir):
             self._holding_workdir = True
             try:
-                return self._train(until)
+                yield
             finally:
                 self._holding_workdir = False
 

@@ -60,6 +60,12 @@ def test_check_folder_refuses_a_file_and_names_the_argument(tmp_path):
     with pytest.raises(ValueError, match=r"`workdir` must be a folder.*"
                        r"Received: workdir='.*a_file'"):
         atomic.check_folder(str(tmp_path / "a_file"))
+    with pytest.raises(ValueError, match=r"'.*a_file' is a file\. Received: "
+                       r"workdir='.*a_file/sub/run'"):
+        atomic.check_folder(str(tmp_path / "a_file" / "sub" / "run"))
+    with pytest.raises(ValueError, match=r"must name a folder.*Received: "
+                       r"workdir=''"):
+        atomic.check_folder("")  # Not the current folder.
     assert (tmp_path / "a_file").read_text() == "mine"
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -381,8 +382,12 @@ def test_tensorboard_scalars(tmp_path):
     (["-m", "train.meta_train", "--config=configs/quadratic.py",
       "--workdir={file}"], "`workdir` must be a folder"),
     (["-m", "train.evaluate", "--config=configs/quadratic.py",
-      "--weights=quadratic", "--workdir={file}"],
+      "--weights=quadratic", "--workdir={file}/sub"],
      "`workdir` must be a folder"),
+    (["-m", "train.meta_train", "--config=configs/quadratic.py",
+      "--workdir="], "`workdir` must name a folder"),
+    (["-m", "train.evaluate", "--config=configs/quadratic.py",
+      "--weights={damaged}", "--workdir={dir}"], "is damaged or incomplete"),
     (["-m", "train.evaluate", "--config=configs/quadratic.py", "--weights=",
       "--workdir={dir}"], "--weights must be one SPEC"),
 ])
@@ -390,8 +395,12 @@ def test_binaries_refuse_bad_workdirs_and_weights(tmp_path, args, message):
     """Exit 2 with the message alone, before any work; the user's file is
     kept as it was."""
     (tmp_path / "a_file").write_text("mine")
-    args = [a.format(file=tmp_path / "a_file", dir=tmp_path / "out")
-            for a in args]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(saved_model.resolve_path("quadratic"), damaged)
+    (data,) = (damaged / "variables").glob("*.data*")
+    data.write_bytes(data.read_bytes()[:1000])
+    args = [a.format(file=tmp_path / "a_file", dir=tmp_path / "out",
+                     damaged=damaged) for a in args]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, *args], capture_output=True,
                           text=True, cwd=REPO, timeout=600, env=env)
@@ -430,11 +439,16 @@ def test_a_damaged_checkpoint_is_named_kept_and_the_one_before_taken(
     (data,) = [p for p in os.listdir(folder) if p.startswith("ckpt-8.data")]
     with open(folder / data, "r+b") as f:
         f.truncate(os.path.getsize(folder / data) // 2)
+    damaged_bytes = (folder / data).read_bytes()
     trainer = meta.MetaTrainer(config, str(workdir))
     assert trainer.latest_checkpoint() == str(folder / "ckpt-4")
-    assert f"The checkpoint {folder / 'ckpt-8'} cannot be read" in caplog.text
     assert trainer.train().iterations == 8  # From 4, again.
     assert trainer.latest_checkpoint() == str(folder / "ckpt-8")
+    # Warned once; the damaged files kept aside, a good ckpt-8 in place.
+    assert caplog.text.count(f"The checkpoint {folder / 'ckpt-8'} cannot be "
+                             "read") == 1
+    assert (folder / "damaged" / data).read_bytes() == damaged_bytes
+    assert (folder / data).read_bytes() != damaged_bytes
     for name in os.listdir(folder):
         if name.startswith("ckpt-4.data"):
             (folder / name).write_bytes(b"")

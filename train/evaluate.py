@@ -79,7 +79,8 @@ def main(argv):
     fused = {"auto": None, "on": True, "off": False}[_FUSED.value]
     for name, spec in weights.items():
         _cli.checked(saved_model.resolve_path, spec)  # ... or a bad weights name,
-        rule = saved_model.load(spec)[0]  # ... or --fused=on where it cannot run.
+        rule = _cli.checked(saved_model.load, spec)[0]  # ... or a damaged one,
+        # ... or --fused=on where it cannot run.
         _cli.checked(fused_lib.choose, rule, fused, _STATE_DTYPE.value,
                      what=f"the evaluation of {name!r}")
     results = evaluation.evaluate_config(config, weights, _WORKDIR.value,

@@ -12,6 +12,7 @@ TF_CONFIG environment variable lists (one process per host, the same
 command and a shared --workdir; BUILD.md gives an example).
 """
 
+import contextlib
 import os
 import sys
 
@@ -82,28 +83,31 @@ def main(argv):
     trainer = _cli.checked(meta.MetaTrainer, config, _WORKDIR.value,
                            strategy=strategy, fused=fused)
     _cli.checked(trainer.check_workdir)  # Another experiment's checkpoints.
-    try:
+    with contextlib.ExitStack() as stack:
+        try:  # The run holds the workdir through its evaluation.
+            stack.enter_context(trainer.holding_workdir())
+        except atomic.InUse as e:  # Another run on it: refused at once.
+            sys.stderr.write(f"{type(e).__name__}: {e}\n")
+            sys.exit(2)
         result = trainer.train(until=until)
-    except atomic.InUse as e:  # Another run on the workdir: refused at once.
-        sys.stderr.write(f"{type(e).__name__}: {e}\n")
-        sys.exit(2)
-    if until is not None and result.iterations < config.meta.num_iterations:
-        logging.info("Stopped at iteration %d (--until=%d); the same command "
-                     "without --until continues.", result.iterations, until)
-        return
-    logging.info("Meta-training done in %.0f s; best validation loss %.4f; "
-                 "export: %s", result.seconds, result.best_validation,
-                 result.export_dir)
-    if _EVALUATE.value and trainer.is_chief and (
-            until is None or until >= config.meta.num_iterations):
-        weights = result.export_dir or result.export_last_dir
-        results = evaluation.evaluate_config(
-            config, {"learned": weights}, _WORKDIR.value, fused=fused)
-        print(f"\nEvaluation of {weights} on the {config.problem} test split "
-              f"(mean over {config.evaluation.num_seeds} seeds):\n")
-        print(evaluation.format_table(results))
-        print(f"\nWritten: {os.path.join(_WORKDIR.value, 'evaluation.json')}")
-
+        if until is not None and result.iterations < config.meta.num_iterations:
+            logging.info("Stopped at iteration %d (--until=%d); the same "
+                         "command without --until continues.",
+                         result.iterations, until)
+            return
+        logging.info("Meta-training done in %.0f s; best validation loss "
+                     "%.4f; export: %s", result.seconds,
+                     result.best_validation, result.export_dir)
+        if _EVALUATE.value and trainer.is_chief and (
+                until is None or until >= config.meta.num_iterations):
+            weights = result.export_dir or result.export_last_dir
+            results = evaluation.evaluate_config(
+                config, {"learned": weights}, _WORKDIR.value, fused=fused)
+            print(f"\nEvaluation of {weights} on the {config.problem} test "
+                  f"split (mean over {config.evaluation.num_seeds} seeds):\n")
+            print(evaluation.format_table(results))
+            print("\nWritten: "
+                  f"{os.path.join(_WORKDIR.value, 'evaluation.json')}")
 
 if __name__ == "__main__":
     app.run(main)
