@@ -263,9 +263,7 @@ def choose(rule, fused: Optional[bool], state_dtype=tf.float32,
     True takes it or raises a ValueError that says why it cannot; False
     never takes it.
     """
-    if fused is not None and not isinstance(fused, bool):
-        raise ValueError("`fused` must be None (where it runs), True or "
-                         f"False. Received: fused={fused!r}")
+    check_argument(fused)
     if fused is False:
         return False
     if fused is None:
@@ -274,7 +272,14 @@ def choose(rule, fused: Optional[bool], state_dtype=tf.float32,
     if reason:
         raise ValueError(f"`fused=True`, but the fused kernel cannot run "
                          f"{what}: {reason}.")
-    return reason is None
+    return True
+
+
+def check_argument(fused):
+    """Raises a ValueError unless `fused` is None, True or False (not 1)."""
+    if fused is not None and not isinstance(fused, bool):
+        raise ValueError("`fused` must be None (where it runs), True or "
+                         f"False. Received: fused={fused!r}")
 
 
 def reason_not_taken(rule, state_dtype=tf.float32) -> Optional[str]:

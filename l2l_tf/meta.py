@@ -354,9 +354,7 @@ class MetaTrainer:
         where it runs: no GPUs, one CoordinatewiseLSTM with log/sign or no
         preprocessing and up to 48 units, a C++ compiler. True raises a
         ValueError naming what stops it; False runs TensorFlow ops."""
-        if fused is not None and not isinstance(fused, bool):
-            raise ValueError("`fused` must be None, True or False. "
-                             f"Received: fused={fused!r}")
+        fused_lib.check_argument(fused)
         atomic.check_folder(workdir)
         validate_config(config)
         self._holding_workdir = False

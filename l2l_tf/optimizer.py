@@ -138,9 +138,7 @@ class LearnedOptimizer(keras.optimizers.Optimizer):
             raise ValueError("`state_dtype` must be one of "
                              f"{networks.STATE_DTYPES}. "
                              f"Received: state_dtype={state_dtype!r}")
-        if fused is not None and not isinstance(fused, bool):
-            raise ValueError("`fused` must be None (where it runs), True or "
-                             f"False. Received: fused={fused!r}")
+        fused_lib.check_argument(fused)
         rule, phi = self._resolve(weights, network)
         if fused:  # Raises where the kernel cannot run it.
             fused_lib.choose(rule, True, state_dtype, what="this optimizer")

@@ -10,6 +10,10 @@ BAD_INPUT = (ValueError, TypeError, FileNotFoundError,
              datasets.NotPreparedError)
 
 
+# --fused's values, as the `fused` argument takes them.
+FUSED = {"auto": None, "on": True, "off": False}
+
+
 def checked(fn, *args, **kwargs):
     """Returns fn(*args, **kwargs); on bad input, prints the error's message
     (no traceback: it names what was wrong and what was received) and exits

@@ -76,7 +76,7 @@ def main(argv):
     _cli.checked(atomic.check_folder, _WORKDIR.value)
     _cli.checked(meta.validate_config, config)  # Fail before any work on a bad config ...
     weights = _cli.checked(parse_weights, _WEIGHTS.value)
-    fused = {"auto": None, "on": True, "off": False}[_FUSED.value]
+    fused = _cli.FUSED[_FUSED.value]
     for name, spec in weights.items():
         _cli.checked(saved_model.resolve_path, spec)  # ... or a bad weights name,
         rule = _cli.checked(saved_model.load, spec)[0]  # ... or a damaged one,

@@ -79,7 +79,7 @@ def main(argv):
     if until is not None:
         _cli.checked(meta.check_until, config, until)
     strategy = make_strategy(_STRATEGY.value)
-    fused = {"auto": None, "on": True, "off": False}[_FUSED.value]
+    fused = _cli.FUSED[_FUSED.value]
     trainer = _cli.checked(meta.MetaTrainer, config, _WORKDIR.value,
                            strategy=strategy, fused=fused)
     _cli.checked(trainer.check_workdir)  # Another experiment's checkpoints.
